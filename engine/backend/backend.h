@@ -1,0 +1,48 @@
+// The model-execution interface shared by the CPU reference and the CUDA backend. A backend owns
+// the weights and the KV pool memory; which blocks a sequence uses is decided outside (block
+// tables are plain integers).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "engine/model/config.h"
+
+namespace sals {
+
+struct KvPoolConfig {
+  int num_blocks = 0;
+  int block_size = 16;  // tokens per block
+};
+
+// One sequence's part of a step: a prefill chunk or a decode token, at arbitrary positions.
+struct SequenceSlice {
+  int32_t num_tokens = 0;   // new tokens this step
+  int32_t context_len = 0;  // tokens already cached; the new ones sit at positions context_len..
+  std::vector<int32_t> block_table;  // physical blocks covering context_len + num_tokens tokens
+  bool all_logits = false;           // logits for every new token, else for the last one only
+};
+
+struct ForwardBatch {
+  std::vector<int32_t> tokens;  // the new tokens of all sequences, sequence after sequence
+  std::vector<SequenceSlice> seqs;
+};
+
+struct ForwardOutput {
+  std::vector<float> logits;      // rows x vocab_size, fp32
+  std::vector<int32_t> row_begin;  // per sequence, its first row in `logits`
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const ModelConfig& config() const = 0;
+  virtual const KvPoolConfig& kv_pool() const = 0;
+  // Runs the model over the batch, writing each new token's K/V into its sequence's blocks,
+  // and returns the requested logits. Errors on malformed batches (block table too short,
+  // token id out of range, block id outside the pool) without touching the cache.
+  virtual absl::Status Forward(const ForwardBatch& batch, ForwardOutput* out) = 0;
+};
+
+}  // namespace sals
