@@ -7,13 +7,18 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "engine/kv/kv_format.h"
 #include "engine/model/config.h"
+#include "engine/sals/policy.h"
 
 namespace sals {
 
 struct KvPoolConfig {
   int num_blocks = 0;
   int block_size = 16;  // tokens per block
+  // Sequences that can hold exact sink/recent tokens at once (SALS storage only).
+  int max_sequences = 0;
+  KvCacheFormat format;  // default: every layer dense
 };
 
 // One sequence's part of a step: a prefill chunk or a decode token, at arbitrary positions.
@@ -22,6 +27,8 @@ struct SequenceSlice {
   int32_t context_len = 0;  // tokens already cached; the new ones sit at positions context_len..
   std::vector<int32_t> block_table;  // physical blocks covering context_len + num_tokens tokens
   bool all_logits = false;           // logits for every new token, else for the last one only
+  int32_t exact_slot = -1;  // SALS storage: the sequence's slot for exact sink/recent tokens
+  SalsPolicy policy;        // SALS storage: what decode steps attend to
 };
 
 struct ForwardBatch {

@@ -1,0 +1,59 @@
+// What the paged KV pool stores per layer, and what that costs in bytes. Dense layers keep fp16
+// K (post-RoPE) and V; SALS layers keep fp16 latent keys (rank values, pre-RoPE) and
+// group-quantized values, plus an exact fp16 copy of each sequence's sink and recent tokens.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "engine/kv/value_quant.h"
+#include "engine/model/config.h"
+
+namespace sals {
+
+struct SalsStorage {
+  int rank = 0;  // latent dims stored per token and sparse layer (requests may use a prefix)
+  ValueQuantSpec values;
+  int sink_tokens = 16;    // first tokens of a sequence, kept exact
+  int recent_tokens = 64;  // last tokens of a sequence, kept exact
+};
+
+struct KvCacheFormat {
+  std::optional<SalsStorage> sals;  // absent: every layer dense
+  std::vector<bool> dense_layer;    // per layer: dense K/V (always true without sals)
+
+  bool IsDense(int layer) const { return !sals || dense_layer[layer]; }
+  int NumSparseLayers() const;
+};
+
+// Named storage presets: "dense", "sals-25" (rank D/4, 4-bit values), "sals-12.5" (rank D/8,
+// 2-bit values); group size 32 (or the value width when smaller), 16 sinks, 64 recent tokens,
+// dense layers = the first two and the last.
+absl::StatusOr<KvCacheFormat> MakeKvCacheFormat(const ModelConfig& config, std::string_view preset);
+
+// Checks rank, value spec and dense-layer list against the model; messages name the field.
+absl::Status ValidateKvCacheFormat(const ModelConfig& config, const KvCacheFormat& format);
+
+struct KvBytes {
+  int64_t per_token = 0;  // paged pool bytes per cached token, all layers
+  int block_size = 16;
+  int64_t per_block = 0;             // per_token * block_size
+  int64_t exact_per_sequence = 0;    // sink + recent tokens' exact K/V, all sparse layers
+  int64_t dense_fp16_per_token = 0;  // what an all-dense fp16 cache would cost per token
+
+  // Average bytes per token of a sequence of `context` tokens, exact tokens included.
+  double PerTokenAt(int64_t context) const {
+    return static_cast<double>(per_token) +
+           static_cast<double>(exact_per_sequence) / static_cast<double>(context);
+  }
+  // Sequences of `context` tokens that fit in `bytes` (whole blocks, exact copies included).
+  int64_t ContextsThatFit(int64_t context, int64_t bytes) const;
+};
+
+KvBytes ComputeKvBytes(const ModelConfig& config, const KvCacheFormat& format, int block_size);
+
+}  // namespace sals

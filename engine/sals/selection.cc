@@ -1,0 +1,25 @@
+#include "engine/sals/selection.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+namespace sals {
+
+std::vector<int64_t> SelectTopK(std::span<const float> scores, int64_t k) {
+  const int64_t n = static_cast<int64_t>(scores.size());
+  k = std::clamp<int64_t>(k, 0, n);
+  std::vector<int64_t> idx(n);
+  std::iota(idx.begin(), idx.end(), 0);
+  auto before = [&](int64_t a, int64_t b) {
+    const float sa = std::isnan(scores[a]) ? -INFINITY : scores[a];
+    const float sb = std::isnan(scores[b]) ? -INFINITY : scores[b];
+    return sa != sb ? sa > sb : a < b;
+  };
+  std::nth_element(idx.begin(), idx.begin() + k, idx.end(), before);
+  idx.resize(k);
+  std::sort(idx.begin(), idx.end());
+  return idx;
+}
+
+}  // namespace sals
