@@ -1,6 +1,7 @@
 // Element types of weights and caches, and scalar conversions between them.
 #pragma once
 
+#include <algorithm>
 #include <bit>
 #include <cstddef>
 #include <cstdint>
@@ -64,7 +65,7 @@ inline uint16_t F32ToF16(float f) {
   const uint32_t u = std::bit_cast<uint32_t>(f);
   const uint32_t sign = (u >> 16) & 0x8000u;
   const uint32_t abs = u & 0x7fffffffu;
-  if (abs > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);  // NaN
+  if (abs > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);   // NaN
   if (abs >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // overflow -> inf
   if (abs < 0x38800000u) {                                               // subnormal or zero
     const float af = std::bit_cast<float>(abs);
@@ -90,6 +91,39 @@ inline void ConvertToF32(DType src_type, const void* src, float* dst, size_t n) 
     for (size_t i = 0; i < n; ++i) dst[i] = F16ToF32(s[i]);
   } else {
     for (size_t i = 0; i < n; ++i) dst[i] = Bf16ToF32(s[i]);
+  }
+}
+
+// Converts n elements between any two dtypes (through fp32, so each value is rounded once).
+// src and dst need no alignment: safetensors data inside a mapped file often has none.
+inline void ConvertDType(DType src_type, const void* src, DType dst_type, void* dst, size_t n) {
+  const auto* s = static_cast<const std::byte*>(src);
+  auto* d = static_cast<std::byte*>(dst);
+  if (src_type == dst_type) {
+    std::memcpy(d, s, n * DTypeSize(src_type));
+    return;
+  }
+  constexpr size_t kChunk = 1024;
+  float f32[kChunk];
+  uint16_t u16[kChunk];
+  for (size_t i = 0; i < n; i += kChunk) {
+    const size_t m = std::min(kChunk, n - i);
+    if (src_type == DType::kF32) {
+      std::memcpy(f32, s + i * 4, m * 4);
+    } else {
+      std::memcpy(u16, s + i * 2, m * 2);
+      ConvertToF32(src_type, u16, f32, m);
+    }
+    if (dst_type == DType::kF32) {
+      std::memcpy(d + i * 4, f32, m * 4);
+      continue;
+    }
+    if (dst_type == DType::kF16) {
+      for (size_t j = 0; j < m; ++j) u16[j] = F32ToF16(f32[j]);
+    } else {
+      for (size_t j = 0; j < m; ++j) u16[j] = F32ToBf16(f32[j]);
+    }
+    std::memcpy(d + i * 2, u16, m * 2);
   }
 }
 

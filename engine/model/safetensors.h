@@ -19,7 +19,7 @@ namespace sals {
 
 struct TensorView {
   std::string name;
-  std::string dtype_name;  // as written in the header ("F32", "F16", "BF16", "I32", ...)
+  std::string dtype_name;      // as written in the header ("F32", "F16", "BF16", "I32", ...)
   std::optional<DType> dtype;  // set when the dtype is one we compute with
   std::vector<int64_t> shape;
   const std::byte* data = nullptr;
@@ -54,9 +54,13 @@ struct TensorToWrite {
   DType dtype;
   std::vector<int64_t> shape;
   std::span<const std::byte> data;  // dtype x shape bytes, little endian
+  // When set, written instead of DTypeName(dtype) for non-float tensors ("I32", "I64", "U8", ...);
+  // the data size is checked against that dtype's item size.
+  std::string dtype_name = {};
 };
 
-// Writes a safetensors file (tensors sorted by name, 8-byte aligned header).
+// Writes a safetensors file (tensors sorted by name, 8-byte aligned header). The file is written
+// next to `path` and renamed into place, so readers never see a partial file.
 absl::Status WriteSafetensors(const std::filesystem::path& path,
                               std::span<const TensorToWrite> tensors,
                               const std::map<std::string, std::string>& metadata = {});

@@ -27,6 +27,10 @@ class WeightSource {
   virtual absl::Status Read(std::string_view name, std::span<const int64_t> shape, DType dst_type,
                             std::span<std::byte> dst) const = 0;
 
+  // The checks of Read (present, exactly `shape`, float dtype) without converting any data.
+  // The default reads the tensor into scratch memory; sources that know shapes override it.
+  virtual absl::Status Check(std::string_view name, std::span<const int64_t> shape) const;
+
   absl::Status ReadF32(std::string_view name, std::span<const int64_t> shape,
                        std::span<float> dst) const {
     return Read(name, shape, DType::kF32, std::as_writable_bytes(dst));
@@ -37,8 +41,10 @@ class WeightSource {
 absl::StatusOr<std::unique_ptr<WeightSource>> OpenSafetensorsWeights(
     const std::filesystem::path& model_dir);
 
-// Deterministic random weights for a config (norm weights near 1, projections ~ N(0, 0.02)-ish
-// scaled so activations stay O(1)); the same seed gives the same weights on every backend.
+// Deterministic random weights for a config, generated on each Read (nothing is held in memory):
+// norm weights 1 + 0.02 * N(0, 1), embeddings N(0, 1), projections normal with std 1/sqrt(fan_in)
+// (o_proj and down_proj 1/sqrt(2 * num_layers * fan_in), so the residual stream stays O(1)).
+// Each tensor depends only on (name, seed): the same seed gives the same weights everywhere.
 std::unique_ptr<WeightSource> MakeRandomWeights(const ModelConfig& config, uint64_t seed);
 
 // Named shapes for synthetic models: "tiny", "llama-2-7b", "llama-3.1-8b".
@@ -51,7 +57,8 @@ struct WeightSpec {
 };
 std::vector<WeightSpec> LlamaWeightSpecs(const ModelConfig& config);
 
-// Every tensor of LlamaWeightSpecs present with the right shape and a float dtype.
+// Every tensor of LlamaWeightSpecs present with the right shape and a float dtype; the first
+// problem found is returned, naming the tensor and the file.
 absl::Status ValidateLlamaWeights(const ModelConfig& config, const WeightSource& source);
 
 }  // namespace sals
