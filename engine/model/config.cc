@@ -12,7 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
-#include "engine/model/absl_compat.h"
+#include "engine/common/absl_compat.h"
 #include "nlohmann/json.hpp"
 
 namespace sals {

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "engine/model/absl_compat.h"
+#include "engine/common/absl_compat.h"
 #include "engine/model/tensor_checks.h"
 #include "engine/model/weight_source.h"
 

@@ -2,7 +2,7 @@
 #include <string_view>
 
 #include "absl/strings/str_cat.h"
-#include "engine/model/absl_compat.h"
+#include "engine/common/absl_compat.h"
 #include "engine/model/weight_source.h"
 
 namespace sals {

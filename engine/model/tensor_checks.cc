@@ -4,7 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "engine/model/absl_compat.h"
+#include "engine/common/absl_compat.h"
 
 namespace sals {
 

@@ -8,6 +8,27 @@
 #include "engine/model/safetensors.h"
 
 namespace sals {
+namespace {
+
+// A file calibrated for another model fails here, with both shapes named, rather than on the
+// first tensor whose shape happens to differ.
+absl::Status CheckCalibrationModel(const SafetensorsFile& file, const ModelConfig& config) {
+  const auto& meta = file.metadata();
+  const auto width = meta.find("kv_width");
+  const auto layers = meta.find("num_layers");
+  if (width == meta.end() || layers == meta.end()) return absl::OkStatus();
+  const std::string want_width = absl::StrCat(config.kv_width());
+  const std::string want_layers = absl::StrCat(config.num_layers);
+  if (width->second == want_width && layers->second == want_layers) return absl::OkStatus();
+  const auto model = meta.find("model");
+  return absl::InvalidArgumentError(absl::StrCat(
+      file.path().string(), ": calibrated for a model with kv_width ", width->second, " and ",
+      layers->second, " layers (", model == meta.end() ? "unknown" : model->second,
+      "), but this model (", config.architecture, ") has kv_width ", want_width, " and ",
+      want_layers, " layers; run sals-calibrate for this model"));
+}
+
+}  // namespace
 
 absl::StatusOr<SalsBasis> LoadSalsBasis(const std::filesystem::path& file,
                                         const ModelConfig& config, int rank) {
@@ -17,6 +38,7 @@ absl::StatusOr<SalsBasis> LoadSalsBasis(const std::filesystem::path& file,
   }
   auto st = SafetensorsFile::Open(file);
   if (!st.ok()) return st.status();
+  if (absl::Status s = CheckCalibrationModel(**st, config); !s.ok()) return s;
   // The smallest stored rank that covers the request, judged on layer 0.
   int stored = 0;
   for (const auto& [name, view] : (*st)->tensors()) {
