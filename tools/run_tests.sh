@@ -8,4 +8,5 @@ bash tools/check_format.sh
 BUILD_DIR=${BUILD_DIR:-build}
 cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release
 cmake --build "$BUILD_DIR" -j "$(nproc)"
-ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$(nproc)"
+# GPU tests (label gpu) run on the GPU machine only: tools/gpu/README.md.
+ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$(nproc)" -LE gpu

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Builds the GPU test and benchmark binaries here and stages them in .carry/ for the device tool:
+# .carry/bin (binaries), .carry/lib (every shared library ldd resolves that the GPU machine
+# lacks), .carry/run.sh (runs a command with those libraries), .carry/verify.sh (the full check).
+# Usage: tools/gpu/pack.sh   (BUILD_DIR=build-cuda by default)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+build="${BUILD_DIR:-build-cuda}"
+tests=(kernels_elementwise_test kernels_attention_test)
+benches=(bench_decode_attention)
+
+[ -f "$build/build.ninja" ] || cmake -S . -B "$build" -G Ninja
+ninja -C "$build" "${tests[@]}" "${benches[@]}"
+
+rm -rf .carry
+mkdir -p .carry/bin .carry/lib
+for t in "${tests[@]}"; do cp "$build/tests/gpu/$t" .carry/bin/; done
+for b in "${benches[@]}"; do cp "$build/bench/$b" .carry/bin/; done
+
+# The GPU machine (Ubuntu 24.04) has glibc, libstdc++, libgcc_s, libz, libssl/libcrypto and
+# CUDA's own libraries; everything else the binaries load travels (GPU-MACHINE.md).
+for bin in .carry/bin/*; do ldd "$bin"; done | awk '$2 == "=>" && $3 ~ /^\// {print $3}' |
+  sort -u | while read -r lib; do
+    case "$(basename "$lib")" in
+      ld-linux* | libc.so* | libm.so* | libmvec.so* | libpthread.so* | libdl.so* | librt.so* | \
+        libresolv.so* | libutil.so* | libanl.so* | libnsl.so* | libstdc++.so* | libgcc_s.so* | \
+        libz.so* | libssl.so* | libcrypto.so* | libcuda.so* | libcudart.so* | libcublas* | \
+        libnvrtc* | libnvJitLink* | libcurand* | libcufft* | libcusparse* | libcusolver*)
+        ;;
+      *) cp -L "$lib" .carry/lib/ ;;
+    esac
+  done
+
+cat > .carry/run.sh <<'RUN'
+#!/usr/bin/env bash
+# Runs a command with the carried libraries: .carry/run.sh .carry/bin/NAME [args...]
+here="$(cd "$(dirname "$0")" && pwd)"
+export LD_LIBRARY_PATH="$here/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+exec "$@"
+RUN
+cp tools/gpu/verify.sh .carry/verify.sh
+chmod +x .carry/run.sh .carry/verify.sh
+echo "packed: $(ls .carry/bin | wc -l) binaries, $(ls .carry/lib | wc -l) libraries," \
+  "$(du -sh .carry | cut -f1)"
