@@ -18,6 +18,9 @@
 //               token iff the mass strictly ahead of it is < top_p; so the smallest prefix whose
 //               mass reaches top_p, and never fewer than one token.
 //        min-p: keeps tokens with p >= min_p * p_max (min_p = 1 -> the argmax ties only).
+//      Weights (probabilities relative to the max) below e^-87 count as zero. exp is computed
+//      from plain float operations (logits_processors.cc), not libm, so seeded outputs do not
+//      depend on the platform's math library.
 //   5. Logprobs (when params.logprobs is set) are vLLM's default logprobs_mode "raw_logprobs":
 //      the log-softmax of the model's raw logits (after step 1 only), i.e. before penalties,
 //      temperature and filtering, so they describe the model, not the sampling procedure, and
