@@ -107,7 +107,9 @@ absl::Status Generate() {
 
   const int block_size = absl::GetFlag(FLAGS_block_size);
   if (block_size < 1) return absl::InvalidArgumentError("--block_size must be positive");
-  KvPoolConfig pool{(total + block_size - 1) / block_size, block_size};
+  KvPoolConfig pool;
+  pool.num_blocks = (total + block_size - 1) / block_size;
+  pool.block_size = block_size;
   auto backend = CreateCpuBackend(config, *model->weights, pool);
   if (!backend.ok()) return backend.status();
 
@@ -122,7 +124,10 @@ absl::Status Generate() {
   std::vector<int32_t> output;
   ForwardBatch batch;
   batch.tokens = prompt;
-  batch.seqs.push_back(SequenceSlice{static_cast<int32_t>(prompt.size()), 0, table, false});
+  SequenceSlice slice;
+  slice.num_tokens = static_cast<int32_t>(prompt.size());
+  slice.block_table = table;
+  batch.seqs.push_back(slice);
 
   const absl::Time start = absl::Now();
   absl::Duration prefill_time;
@@ -130,8 +135,8 @@ absl::Status Generate() {
   for (int step = 0; step < max_tokens; ++step) {
     if (absl::Status s = (*backend)->Forward(batch, &out); !s.ok()) return s;
     if (step == 0) prefill_time = absl::Now() - start;
-    const SampleResult r = sampler.Sample(
-        std::span<float>(out.logits.data(), config.vocab_size), prompt, output);
+    const SampleResult r =
+        sampler.Sample(std::span<float>(out.logits.data(), config.vocab_size), prompt, output);
     output.push_back(r.token);
     if (detok) {
       std::cout << detok->Append(r.token) << std::flush;
