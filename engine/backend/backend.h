@@ -28,7 +28,10 @@ struct SequenceSlice {
   std::vector<int32_t> block_table;  // physical blocks covering context_len + num_tokens tokens
   bool all_logits = false;           // logits for every new token, else for the last one only
   int32_t exact_slot = -1;  // SALS storage: the sequence's slot for exact sink/recent tokens
-  SalsPolicy policy;        // SALS storage: what decode steps attend to
+  // SALS storage: positions below this (other than sinks) have no exact copy in the slot: they
+  // came from the prefix cache, so only their latents exist.
+  int32_t exact_valid_from = 0;
+  SalsPolicy policy;  // SALS storage: what decode steps attend to
 };
 
 struct ForwardBatch {
@@ -37,7 +40,7 @@ struct ForwardBatch {
 };
 
 struct ForwardOutput {
-  std::vector<float> logits;      // rows x vocab_size, fp32
+  std::vector<float> logits;       // rows x vocab_size, fp32
   std::vector<int32_t> row_begin;  // per sequence, its first row in `logits`
 };
 

@@ -10,9 +10,8 @@ absl::Status ValidateForwardBatch(const ForwardBatch& batch, const ModelConfig& 
   for (size_t s = 0; s < batch.seqs.size(); ++s) {
     const SequenceSlice& seq = batch.seqs[s];
     if (seq.num_tokens <= 0 || seq.context_len < 0) {
-      return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": num_tokens ",
-                                                     seq.num_tokens, ", context_len ",
-                                                     seq.context_len));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sequence ", s, ": num_tokens ", seq.num_tokens, ", context_len ", seq.context_len));
     }
     const int64_t needed_blocks =
         (static_cast<int64_t>(seq.context_len) + seq.num_tokens + pool.block_size - 1) /
@@ -42,14 +41,13 @@ absl::Status ValidateForwardBatch(const ForwardBatch& batch, const ModelConfig& 
     total += seq.num_tokens;
   }
   if (total != static_cast<int64_t>(batch.tokens.size())) {
-    return absl::InvalidArgumentError(absl::StrCat("batch has ", batch.tokens.size(),
-                                                   " tokens, sequences claim ", total));
+    return absl::InvalidArgumentError(
+        absl::StrCat("batch has ", batch.tokens.size(), " tokens, sequences claim ", total));
   }
   for (size_t i = 0; i < batch.tokens.size(); ++i) {
     if (batch.tokens[i] < 0 || batch.tokens[i] >= config.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat("token id ", batch.tokens[i],
-                                                     " outside the vocabulary of ",
-                                                     config.vocab_size));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "token id ", batch.tokens[i], " outside the vocabulary of ", config.vocab_size));
     }
   }
   return absl::OkStatus();

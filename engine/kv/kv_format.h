@@ -52,6 +52,11 @@ struct KvBytes {
   }
   // Sequences of `context` tokens that fit in `bytes` (whole blocks, exact copies included).
   int64_t ContextsThatFit(int64_t context, int64_t bytes) const;
+  // Sequences of `context` tokens whose blocks fit in `blocks` blocks of a pool whose exact
+  // copies are held apart (per sequence slot).
+  int64_t ContextsInBlocks(int64_t context, int64_t blocks) const {
+    return blocks / ((context + block_size - 1) / block_size);
+  }
 };
 
 KvBytes ComputeKvBytes(const ModelConfig& config, const KvCacheFormat& format, int block_size);

@@ -279,7 +279,8 @@ class CpuBackend : public Backend {
 #pragma omp parallel for schedule(static) if (m > 64)
     for (int64_t j = 0; j < m; ++j) {
       kv_->ReadSals(layer, seq.exact_slot, seq.block_table, positions[j], seq.context_len,
-                    policy.rank, keys.data() + j * kvw, values.data() + j * kvw);
+                    seq.exact_valid_from, policy.rank, keys.data() + j * kvw,
+                    values.data() + j * kvw);
     }
     for (int64_t i = 0; i < n; ++i) {
       const float* src = qkv + (first_token + i) * row;

@@ -53,11 +53,14 @@ int64_t CpuKvStore::TokenSlot(std::span<const int32_t> table, int64_t pos) const
          pos % pool_.block_size;
 }
 
-int64_t CpuKvStore::ExactRow(int slot, int64_t pos, int64_t cached) const {
+int64_t CpuKvStore::ExactRow(int slot, int64_t pos, int64_t cached,
+                             int64_t exact_valid_from) const {
   const SalsStorage& s = *pool_.format.sals;
   const int64_t base = static_cast<int64_t>(slot) * exact_rows_;
   if (pos < s.sink_tokens) return base + pos;
-  if (pos >= cached - s.recent_tokens) return base + s.sink_tokens + pos % s.recent_tokens;
+  if (pos >= cached - s.recent_tokens && pos >= exact_valid_from) {
+    return base + s.sink_tokens + pos % s.recent_tokens;
+  }
   return -1;
 }
 
@@ -81,15 +84,16 @@ void CpuKvStore::WriteSals(int layer, int slot, std::span<const int32_t> table, 
                    sp.scales.data() + t * groups_, sp.zeros.data() + t * groups_);
   }
   // Every token passes through the recent ring; sinks stay for good.
-  const int64_t row = ExactRow(slot, pos, pos + 1);
+  const int64_t row = ExactRow(slot, pos, pos + 1, pos);
   std::copy_n(k_post, width_, sp.exact_k.data() + row * width_);
   std::copy_n(v, width_, sp.exact_v.data() + row * width_);
 }
 
 void CpuKvStore::ReadSals(int layer, int slot, std::span<const int32_t> table, int64_t pos,
-                          int64_t cached, int rank, float* k_post, float* v) const {
+                          int64_t cached, int64_t exact_valid_from, int rank, float* k_post,
+                          float* v) const {
   const SparseLayer& sp = sparse_[layer];
-  if (const int64_t row = ExactRow(slot, pos, cached); row >= 0) {
+  if (const int64_t row = ExactRow(slot, pos, cached, exact_valid_from); row >= 0) {
     std::copy_n(sp.exact_k.data() + row * width_, width_, k_post);
     std::copy_n(sp.exact_v.data() + row * width_, width_, v);
     return;

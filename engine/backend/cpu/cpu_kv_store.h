@@ -26,10 +26,11 @@ class CpuKvStore {
                  const float* k_pre, const float* k_post, const float* v);
 
   // Post-RoPE key and value of cached token `pos` of a sequence whose cache holds `cached`
-  // tokens: exact where the sequence slot has it, else rebuilt from the first `rank` latent dims
-  // (U k~, RoPE at pos) and dequantized.
+  // tokens, of which the slot has exact copies from `exact_valid_from` on (and the sinks): exact
+  // where the slot has it, else rebuilt from the first `rank` latent dims (U k~, RoPE at pos)
+  // and dequantized.
   void ReadSals(int layer, int slot, std::span<const int32_t> table, int64_t pos, int64_t cached,
-                int rank, float* k_post, float* v) const;
+                int64_t exact_valid_from, int rank, float* k_post, float* v) const;
 
   // The stored latent key of token `pos` (rank values).
   const float* Latent(int layer, std::span<const int32_t> table, int64_t pos) const;
@@ -48,8 +49,8 @@ class CpuKvStore {
     std::vector<float> exact_v;
   };
   int64_t TokenSlot(std::span<const int32_t> table, int64_t pos) const;
-  // Row of the exact store holding `pos`, or -1 when it is not kept exact any more.
-  int64_t ExactRow(int slot, int64_t pos, int64_t cached) const;
+  // Row of the exact store holding `pos`, or -1 when it is not kept exact (any more).
+  int64_t ExactRow(int slot, int64_t pos, int64_t cached, int64_t exact_valid_from) const;
 
   ModelConfig config_;
   KvPoolConfig pool_;

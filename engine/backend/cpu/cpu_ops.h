@@ -39,8 +39,7 @@ struct PagedKvView {
 // Exact causal attention of one query head over cached positions [first, last] (inclusive) of
 // kv head `kv_head`: out = softmax(q . k_j * scale) v_j. `scores` has room for last-first+1.
 void AttendPaged(const float* q, const PagedKvView& kv, std::span<const int32_t> block_table,
-                 int kv_head, int64_t first, int64_t last, float scale, float* scores,
-                 float* out);
+                 int kv_head, int64_t first, int64_t last, float scale, float* scores, float* out);
 
 // The same over `count` contiguous rows: key j of the head at k + j * stride (values alike).
 void AttendRows(const float* q, const float* k, const float* v, int64_t stride, int64_t count,

@@ -1,0 +1,104 @@
+// The engine: requests in, token streams out. One step-loop thread runs
+// schedule -> forward -> sample -> postprocess; Submit and Abort may be called from any thread.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "engine/runtime/engine_config.h"
+#include "engine/runtime/engine_observer.h"
+#include "engine/runtime/model_setup.h"
+#include "engine/runtime/request.h"
+#include "engine/sched/scheduler.h"
+
+namespace sals {
+
+struct EngineInfo {
+  std::string model;
+  ModelConfig config;
+  KvPoolConfig pool;
+  KvBytes kv_bytes;
+  int32_t max_model_len = 0;
+  int32_t max_num_seqs = 0;
+  SalsPolicy default_policy;
+  std::string backend;
+};
+
+class Engine {
+ public:
+  // Loads the model and starts the step loop. `observer` may be null.
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(const EngineConfig& config,
+                                                        std::shared_ptr<EngineObserver> observer);
+  // Aborts whatever is still in flight (each sink gets its OnComplete) and joins the loop.
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Checks a request against the model, the pool and its own fields; messages name the field.
+  absl::Status Validate(const GenerationRequest& request) const;
+
+  // Queues a request; its output goes to `sink`. InvalidArgument (see Validate), AlreadyExists
+  // (a live request has the id), ResourceExhausted (waiting queue full), Unavailable (draining).
+  absl::Status Submit(GenerationRequest request, std::shared_ptr<RequestSink> sink);
+
+  // Aborts a waiting or running request; its blocks are free after the current step. False when
+  // no live request has the id.
+  bool Abort(const std::string& id);
+
+  // Stops admitting new requests (Submit answers Unavailable); running ones go on.
+  void StopAdmitting();
+  // Live requests (waiting or running).
+  int32_t num_live() const;
+
+  const EngineInfo& info() const { return info_; }
+  const Tokenizer* tokenizer() const { return model_.tokenizer.get(); }
+
+ private:
+  struct Request;
+  Engine(const EngineConfig& config, LoadedModel model, std::shared_ptr<EngineObserver> observer);
+
+  void Loop();
+  void Step();
+  // Recomputes the exact sink tokens of sequences whose prefix came from the cache (SALS storage
+  // keeps them per sequence, outside the shared blocks).
+  absl::Status RestoreSinks(const StepPlan& plan);
+  // Handles one sampled token: stop checks, text, emission, completion.
+  void HandleToken(Request& r, const SampleResult& sample);
+  void Complete(Request& r, FinishReason reason, std::string stop_reason);
+  void FailAll(const absl::Status& status);
+
+  EngineConfig config_;
+  LoadedModel model_;
+  EngineInfo info_;
+  std::shared_ptr<EngineObserver> observer_;
+  std::unique_ptr<Scheduler> scheduler_;
+
+  // Shared with Submit/Abort callers.
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::unique_ptr<Request>> inbox_;
+  std::vector<std::string> aborts_;
+  // Request id -> sequence id, for queued and scheduled requests.
+  absl::flat_hash_map<std::string, uint64_t> live_ids_;
+  int64_t num_waiting_ = 0;  // in the scheduler, as of the last step
+  bool admitting_ = true;
+  bool stop_ = false;
+  uint64_t next_id_ = 1;
+
+  // Step-thread state.
+  absl::flat_hash_map<uint64_t, std::unique_ptr<Request>> requests_;  // by sequence id
+  ForwardBatch batch_;
+  ForwardOutput output_;
+  std::thread loop_;
+};
+
+}  // namespace sals

@@ -1,0 +1,48 @@
+// Everything the engine needs to start: model, backend, KV pool, default attention policy and
+// scheduling limits. The server fills it from YAML + flags (server/config.h); tools and tests
+// fill it directly.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "engine/sals/policy.h"
+
+namespace sals {
+
+struct EngineConfig {
+  // Model: an HF directory, or a named synthetic shape with random weights (no tokenizer).
+  std::string model_path;
+  std::string synthetic_model;
+  uint64_t synthetic_seed = 0;
+  // SALS calibration file; empty = <model_path>/sals_calibration.safetensors.
+  std::string calibration_file;
+
+  std::string backend = "cpu";  // "cpu" or "cuda"
+
+  // KV pool: format preset ("dense", "sals-25", "sals-12.5"), then overrides.
+  std::string kv_format = "sals-25";
+  int block_size = 16;
+  double kv_memory_gib = 0.25;  // pool size, used when num_blocks is 0
+  int num_blocks = 0;
+  std::optional<int> value_bits;        // 2, 4 or 16
+  std::optional<int> value_group_size;  // divides num_kv_heads * head_dim
+  std::optional<int> sink_tokens;
+  std::optional<int> recent_tokens;
+  std::optional<std::vector<int>> dense_layers;  // default: first two and last
+
+  // The attention policy of requests that name none.
+  SalsPolicy default_policy;
+
+  // Scheduling.
+  int max_num_seqs = 64;              // running sequences at once
+  int max_num_batched_tokens = 2048;  // tokens per step (prefill chunks + decodes)
+  int max_waiting_requests = 1024;    // queued beyond this: RESOURCE_EXHAUSTED
+  int max_model_len = 0;              // prompt + max_tokens; 0 = the model's limit
+  bool enable_prefix_caching = true;
+  uint64_t seed = 0;  // seeds requests that bring no seed
+};
+
+}  // namespace sals

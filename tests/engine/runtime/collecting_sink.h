@@ -1,0 +1,58 @@
+// A RequestSink for tests: gathers one request's chunks and waits for its completion.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "engine/runtime/request.h"
+
+namespace sals::testing {
+
+class CollectingSink : public RequestSink {
+ public:
+  void OnChunk(TokenChunk chunk) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    tokens_.insert(tokens_.end(), chunk.token_ids.begin(), chunk.token_ids.end());
+    text_ += chunk.text;
+    ++chunks_;
+  }
+  void OnComplete(const Completion& completion) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    completion_ = completion;
+    ++completions_;
+    cv_.notify_all();
+  }
+  // The completion, or nullopt after `timeout`.
+  std::optional<Completion> Wait(std::chrono::seconds timeout = std::chrono::seconds(120)) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait_for(lock, timeout, [&] { return completion_.has_value(); });
+    return completion_;
+  }
+  std::vector<int32_t> tokens() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return tokens_;
+  }
+  std::string text() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return text_;
+  }
+  int completions() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return completions_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<int32_t> tokens_;
+  std::string text_;
+  int chunks_ = 0;
+  int completions_ = 0;
+  std::optional<Completion> completion_;
+};
+
+}  // namespace sals::testing

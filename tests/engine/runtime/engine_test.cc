@@ -1,0 +1,219 @@
+// The engine end to end on the fixture models (CPU backend): greedy output equals transformers',
+// batching and preemption don't change it, aborts free their blocks, stops and validation work.
+#include "engine/runtime/engine.h"
+
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "tests/engine/backend/fixture_models.h"
+#include "tests/engine/runtime/collecting_sink.h"
+
+namespace sals {
+namespace {
+
+using testing::CollectingSink;
+
+EngineConfig DenseConfig(const std::string& flavour, int num_blocks = 64) {
+  EngineConfig c;
+  c.model_path = testing::FixtureDir(flavour).string();
+  c.kv_format = "dense";
+  c.block_size = 4;
+  c.num_blocks = num_blocks;
+  c.max_num_seqs = 8;
+  c.max_num_batched_tokens = 32;
+  return c;
+}
+
+std::unique_ptr<Engine> MakeEngine(const EngineConfig& config) {
+  auto engine = Engine::Create(config, nullptr);
+  EXPECT_TRUE(engine.ok()) << engine.status();
+  return engine.ok() ? std::move(*engine) : nullptr;
+}
+
+GenerationRequest Greedy(std::vector<int32_t> prompt, int max_tokens) {
+  GenerationRequest r;
+  r.prompt = std::move(prompt);
+  r.max_tokens = max_tokens;
+  r.sampling.temperature = 0.0f;
+  r.ignore_eos = true;
+  return r;
+}
+
+TEST(EngineTest, GreedyMatchesTransformers) {
+  for (const std::string flavour : {"llama2-mha", "mistral-gqa", "llama31-bpe"}) {
+    auto engine = MakeEngine(DenseConfig(flavour));
+    ASSERT_NE(engine, nullptr);
+    const auto refs = testing::LoadReferenceStreams(flavour, engine->info().config.vocab_size);
+    std::vector<std::shared_ptr<CollectingSink>> sinks;
+    for (const auto& ref : refs) {
+      sinks.push_back(std::make_shared<CollectingSink>());
+      std::vector<int32_t> prompt(ref.stream.begin(), ref.stream.begin() + ref.prompt_len);
+      ASSERT_TRUE(engine->Submit(Greedy(prompt, 16), sinks.back()).ok());
+    }
+    for (size_t i = 0; i < refs.size(); ++i) {
+      auto done = sinks[i]->Wait();
+      ASSERT_TRUE(done.has_value());
+      EXPECT_EQ(done->reason, FinishReason::kLength);
+      EXPECT_EQ(done->completion_tokens, 16);
+      const std::vector<int32_t> want(refs[i].stream.begin() + refs[i].prompt_len,
+                                      refs[i].stream.end());
+      EXPECT_EQ(sinks[i]->tokens(), want) << flavour << " prompt " << i;
+    }
+  }
+}
+
+TEST(EngineTest, ConcurrentRequestsMatchRunsAloneAndPreemptionRecomputes) {
+  // A pool too small for all requests at once forces recompute preemption.
+  EngineConfig config = DenseConfig("llama31-bpe", /*num_blocks=*/24);
+  auto engine = MakeEngine(config);
+  ASSERT_NE(engine, nullptr);
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 6; ++i) {
+    std::vector<int32_t> p;
+    for (int j = 0; j < 5 + 7 * i; ++j) p.push_back((31 * i + 17 * j + 3) % 2000);
+    prompts.push_back(p);
+  }
+  // Alone, one after another.
+  std::vector<std::vector<int32_t>> alone;
+  for (const auto& p : prompts) {
+    auto sink = std::make_shared<CollectingSink>();
+    ASSERT_TRUE(engine->Submit(Greedy(p, 20), sink).ok());
+    ASSERT_TRUE(sink->Wait().has_value());
+    alone.push_back(sink->tokens());
+  }
+  // Together.
+  std::vector<std::shared_ptr<CollectingSink>> sinks;
+  for (const auto& p : prompts) {
+    sinks.push_back(std::make_shared<CollectingSink>());
+    ASSERT_TRUE(engine->Submit(Greedy(p, 20), sinks.back()).ok());
+  }
+  int preemptions = 0;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    auto done = sinks[i]->Wait();
+    ASSERT_TRUE(done.has_value());
+    preemptions += done->preemptions;
+    EXPECT_EQ(sinks[i]->tokens(), alone[i]) << "request " << i;
+  }
+  EXPECT_GT(preemptions, 0) << "the pool was meant to run out";
+}
+
+TEST(EngineTest, AbortEndsTheStreamAndFreesItsBlocks) {
+  auto engine = MakeEngine(DenseConfig("llama2-mha"));
+  ASSERT_NE(engine, nullptr);
+  auto sink = std::make_shared<CollectingSink>();
+  GenerationRequest r = Greedy({1, 5, 9, 13}, 200);
+  r.id = "long";
+  ASSERT_TRUE(engine->Submit(r, sink).ok());
+  while (sink->tokens().size() < 3) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  EXPECT_TRUE(engine->Abort("long"));
+  auto done = sink->Wait();
+  ASSERT_TRUE(done.has_value());
+  EXPECT_EQ(done->reason, FinishReason::kAbort);
+  EXPECT_FALSE(engine->Abort("long"));
+  EXPECT_EQ(engine->num_live(), 0);
+  // The whole pool is available again: a request needing every block is accepted and runs.
+  auto big = std::make_shared<CollectingSink>();
+  const absl::Status big_status = engine->Submit(Greedy({1, 2, 3}, 64 * 4 - 3), big);
+  ASSERT_TRUE(big_status.ok()) << big_status;
+  ASSERT_TRUE(big->Wait().has_value());
+  EXPECT_EQ(big->completions(), 1);
+}
+
+TEST(EngineTest, StopStringsCutTheTextAndStopTokensEnd) {
+  auto engine = MakeEngine(DenseConfig("llama31-bpe"));
+  ASSERT_NE(engine, nullptr);
+  const Tokenizer* tok = engine->tokenizer();
+  ASSERT_NE(tok, nullptr);
+  const std::vector<int32_t> prompt = tok->Encode("The quick brown fox", true);
+  auto free_run = std::make_shared<CollectingSink>();
+  ASSERT_TRUE(engine->Submit(Greedy(prompt, 24), free_run).ok());
+  ASSERT_TRUE(free_run->Wait().has_value());
+  const std::string full = free_run->text();
+  const std::vector<int32_t> ids = free_run->tokens();
+  ASSERT_GE(full.size(), 6u);
+  // A stop string taken from the middle of the free-running text.
+  const std::string stop = full.substr(full.size() / 2, 3);
+  GenerationRequest with_stop = Greedy(prompt, 24);
+  with_stop.stop = {stop};
+  auto stopped = std::make_shared<CollectingSink>();
+  ASSERT_TRUE(engine->Submit(with_stop, stopped).ok());
+  auto done = stopped->Wait();
+  ASSERT_TRUE(done.has_value());
+  EXPECT_EQ(done->reason, FinishReason::kStop);
+  EXPECT_EQ(done->stop_reason, stop);
+  EXPECT_EQ(stopped->text(), full.substr(0, full.find(stop)));
+  // A stop token: the fifth generated token ends the stream and is included.
+  GenerationRequest with_token = Greedy(prompt, 24);
+  with_token.stop_token_ids = {ids[4]};
+  auto token_stop = std::make_shared<CollectingSink>();
+  ASSERT_TRUE(engine->Submit(with_token, token_stop).ok());
+  done = token_stop->Wait();
+  ASSERT_TRUE(done.has_value());
+  EXPECT_EQ(done->reason, FinishReason::kStop);
+  const std::vector<int32_t> got = token_stop->tokens();
+  ASSERT_FALSE(got.empty());
+  EXPECT_EQ(got.back(), ids[4]);
+  EXPECT_LE(got.size(), 5u);
+}
+
+TEST(EngineTest, PrefixCacheServesSharedPrompts) {
+  auto engine = MakeEngine(DenseConfig("mistral-gqa"));
+  ASSERT_NE(engine, nullptr);
+  std::vector<int32_t> prompt;
+  for (int j = 0; j < 30; ++j) prompt.push_back((7 * j + 11) % 1500);
+  auto first = std::make_shared<CollectingSink>();
+  ASSERT_TRUE(engine->Submit(Greedy(prompt, 8), first).ok());
+  ASSERT_TRUE(first->Wait().has_value());
+  auto second = std::make_shared<CollectingSink>();
+  ASSERT_TRUE(engine->Submit(Greedy(prompt, 8), second).ok());
+  auto done = second->Wait();
+  ASSERT_TRUE(done.has_value());
+  EXPECT_GE(done->cached_prompt_tokens, 24);  // full blocks of 4, the last token recomputed
+  EXPECT_EQ(second->tokens(), first->tokens());
+}
+
+TEST(EngineTest, RejectsBadRequests) {
+  EngineConfig config = DenseConfig("llama2-mha");
+  config.max_waiting_requests = 2;
+  auto engine = MakeEngine(config);
+  ASSERT_NE(engine, nullptr);
+  auto sink = std::make_shared<CollectingSink>();
+  auto code = [&](GenerationRequest r) { return engine->Submit(std::move(r), sink).code(); };
+  EXPECT_EQ(code(Greedy({}, 4)), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(code(Greedy({1, 1000}, 4)), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(code(Greedy({1, 2}, 0)), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(code(Greedy({1, 2}, 4000)), absl::StatusCode::kInvalidArgument);
+  GenerationRequest bad_sampling = Greedy({1, 2}, 4);
+  bad_sampling.sampling.top_p = 1.5f;
+  const absl::Status s = engine->Submit(bad_sampling, sink);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("top_p"), absl::string_view::npos) << s;
+  GenerationRequest dup = Greedy({1, 2}, 200);
+  dup.id = "same";
+  ASSERT_TRUE(engine->Submit(dup, std::make_shared<CollectingSink>()).ok());
+  EXPECT_EQ(code(dup), absl::StatusCode::kAlreadyExists);
+  engine->StopAdmitting();
+  EXPECT_EQ(code(Greedy({1, 2}, 4)), absl::StatusCode::kUnavailable);
+}
+
+TEST(EngineTest, FullWaitingQueueIsResourceExhausted) {
+  EngineConfig config = DenseConfig("llama2-mha");
+  config.max_waiting_requests = 1;
+  config.max_num_seqs = 1;
+  auto engine = MakeEngine(config);
+  ASSERT_NE(engine, nullptr);
+  std::vector<std::shared_ptr<CollectingSink>> sinks;
+  int exhausted = 0;
+  for (int i = 0; i < 6; ++i) {
+    sinks.push_back(std::make_shared<CollectingSink>());
+    const absl::Status s = engine->Submit(Greedy({1, 2, 3}, 100), sinks.back());
+    if (s.code() == absl::StatusCode::kResourceExhausted) ++exhausted;
+  }
+  EXPECT_GT(exhausted, 0);
+}
+
+}  // namespace
+}  // namespace sals
