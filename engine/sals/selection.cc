@@ -11,10 +11,12 @@ std::vector<int64_t> SelectTopK(std::span<const float> scores, int64_t k) {
   k = std::clamp<int64_t>(k, 0, n);
   std::vector<int64_t> idx(n);
   std::iota(idx.begin(), idx.end(), 0);
+  // NaN ranks below every number (-inf included), then the smaller index wins.
   auto before = [&](int64_t a, int64_t b) {
-    const float sa = std::isnan(scores[a]) ? -INFINITY : scores[a];
-    const float sb = std::isnan(scores[b]) ? -INFINITY : scores[b];
-    return sa != sb ? sa > sb : a < b;
+    const bool na = std::isnan(scores[a]), nb = std::isnan(scores[b]);
+    if (na != nb) return nb;
+    if (!na && scores[a] != scores[b]) return scores[a] > scores[b];
+    return a < b;
   };
   std::nth_element(idx.begin(), idx.begin() + k, idx.end(), before);
   idx.resize(k);
