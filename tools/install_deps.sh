@@ -9,6 +9,6 @@ $SUDO apt-get install -y -qq --no-install-recommends \
   build-essential cmake ninja-build pkg-config git ca-certificates clang-format \
   libabsl-dev libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev \
   prometheus-cpp-dev libyaml-cpp-dev \
-  libsentencepiece-dev libpcre2-dev nlohmann-json3-dev libeigen3-dev \
+  libpcre2-dev nlohmann-json3-dev libeigen3-dev \
   libgtest-dev libgmock-dev googletest libbenchmark-dev \
   python3 >/dev/null

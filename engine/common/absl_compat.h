@@ -1,5 +1,5 @@
 // This build's Abseil has its own string_view type (ABSL_OPTION_USE_STD_STRING_VIEW 0), which
-// absl::StrCat and friends take; our interfaces use std::string_view .
+// absl::StrCat and friends take; our interfaces use std::string_view.
 #pragma once
 
 #include <string_view>

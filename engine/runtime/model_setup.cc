@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/backend/cpu/cpu_backend.h"
+#include "engine/backend/cuda_loader.h"
 #include "engine/model/weight_source.h"
 #include "engine/sals/basis.h"
 
@@ -109,9 +110,15 @@ absl::StatusOr<LoadedModel> LoadModel(const EngineConfig& config) {
       options.basis = std::move(*basis);
     }
   }
+  if (config.backend == "cuda") {
+    auto backend = LoadCudaBackend(m.config, *weights, m.pool);
+    if (!backend.ok()) return backend.status();
+    m.backend = std::move(*backend);
+    return m;
+  }
   if (config.backend != "cpu") {
     return absl::InvalidArgumentError(
-        absl::StrCat("backend must be cpu (cuda is not wired yet), got '", config.backend, "'"));
+        absl::StrCat("backend.type must be cpu or cuda, got '", config.backend, "'"));
   }
   auto backend = CreateCpuBackend(m.config, *weights, m.pool, std::move(options));
   if (!backend.ok()) return backend.status();

@@ -1,6 +1,6 @@
 // sals-generate: prints a continuation of a prompt as it is generated, on one sequence, with the
-// CPU reference backend. A model directory (HF format) or a synthetic model (random weights for a
-// named shape, no files) can be used.
+// CPU reference backend or the CUDA backend (loaded at run time). A model directory (HF format) or
+// a synthetic model (random weights for a named shape, no files) can be used.
 #include <algorithm>
 #include <cstdio>
 #include <iostream>
@@ -9,7 +9,6 @@
 #include <optional>
 #include <random>
 #include <string>
-#include <string_view>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -20,10 +19,12 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "engine/backend/cpu/cpu_backend.h"
+#include "engine/backend/cuda_loader.h"
 #include "engine/model/config.h"
 #include "engine/model/weight_source.h"
 #include "engine/sampling/sampler.h"
 #include "engine/tokenizer/tokenizer.h"
+#include "tools/common/flag_names.h"
 
 ABSL_FLAG(std::string, model, "", "Hugging Face model directory");
 ABSL_FLAG(std::string, synthetic, "",
@@ -39,6 +40,10 @@ ABSL_FLAG(float, min_p, 0.0f, "minimum probability relative to the most likely t
 ABSL_FLAG(float, repetition_penalty, 1.0f, "CTRL-style repetition penalty");
 ABSL_FLAG(uint64_t, seed, 0, "sampling seed");
 ABSL_FLAG(int, block_size, 16, "KV cache block size in tokens");
+ABSL_FLAG(std::string, backend, "cpu",
+          "cpu (fp32 reference) or cuda (libsals_backend_cuda.so next to this program or on "
+          "LD_LIBRARY_PATH)");
+ABSL_FLAG(std::string, cuda_dtype, "f16", "with --backend cuda: f16 or bf16 weights/activations");
 
 namespace sals {
 namespace {
@@ -73,6 +78,25 @@ absl::StatusOr<LoadedModel> LoadModel() {
   if (!tokenizer.ok()) return tokenizer.status();
   m.tokenizer = std::move(*tokenizer);
   return m;
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const ModelConfig& config,
+                                                       const WeightSource& weights,
+                                                       const KvPoolConfig& pool) {
+  const std::string backend = absl::GetFlag(FLAGS_backend);
+  if (backend == "cpu") return CreateCpuBackend(config, weights, pool);
+  if (backend != "cuda") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--backend must be cpu or cuda, not '", backend, "'"));
+  }
+  const std::string dtype = absl::GetFlag(FLAGS_cuda_dtype);
+  if (dtype != "f16" && dtype != "bf16") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--cuda_dtype must be f16 or bf16, not '", dtype, "'"));
+  }
+  CudaBackendOptions options;
+  options.dtype = dtype == "f16" ? DType::kF16 : DType::kBF16;
+  return LoadCudaBackend(config, weights, pool, options);
 }
 
 absl::Status Generate() {
@@ -110,7 +134,7 @@ absl::Status Generate() {
   KvPoolConfig pool;
   pool.num_blocks = (total + block_size - 1) / block_size;
   pool.block_size = block_size;
-  auto backend = CreateCpuBackend(config, *model->weights, pool);
+  auto backend = CreateBackend(config, *model->weights, pool);
   if (!backend.ok()) return backend.status();
 
   SequenceSampler sampler(params, absl::GetFlag(FLAGS_seed));
@@ -165,23 +189,12 @@ absl::Status Generate() {
 }  // namespace
 }  // namespace sals
 
-// Accepts --max-tokens as well as --max_tokens: flag names are spelled with '_' internally.
-void NormalizeFlagNames(int argc, char** argv) {
-  for (int i = 1; i < argc; ++i) {
-    std::string_view arg = argv[i];
-    if (arg == "--") break;
-    if (!arg.starts_with("--")) continue;
-    for (char* c = argv[i] + 2; *c != '\0' && *c != '='; ++c) {
-      if (*c == '-') *c = '_';
-    }
-  }
-}
-
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "sals-generate --model DIR --prompt TEXT [--max-tokens N]\n"
-      "  or: sals-generate --synthetic tiny|llama-2-7b|llama-3.1-8b [--prompt-len N]");
-  NormalizeFlagNames(argc, argv);
+      "sals-generate --model DIR --prompt TEXT [--max-tokens N] [--backend cpu|cuda]\n"
+      "  or: sals-generate --synthetic tiny|llama-2-7b|llama-3.1-8b [--prompt-len N] "
+      "[--backend cpu|cuda]");
+  sals::NormalizeFlagNames(argc, argv);
   absl::ParseCommandLine(argc, argv);
   const absl::Status status = sals::Generate();
   if (!status.ok()) {

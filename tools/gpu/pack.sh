@@ -2,12 +2,13 @@
 # Builds the GPU test and benchmark binaries here and stages them in .carry/ for the device tool:
 # .carry/bin (binaries), .carry/lib (every shared library ldd resolves that the GPU machine
 # lacks), .carry/run.sh (runs a command with those libraries), .carry/verify.sh (the full check).
+# The CUDA backend's library goes into .carry/bin, next to the programs that load it.
 # Usage: tools/gpu/pack.sh   (BUILD_DIR=build-cuda by default)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 build="${BUILD_DIR:-build-cuda}"
-tests=(kernels_elementwise_test kernels_attention_test)
-benches=(bench_decode_attention)
+tests=(kernels_elementwise_test kernels_attention_test cuda_backend_test)
+benches=(bench_decode_attention bench_e2e_decode)
 
 [ -f "$build/build.ninja" ] || cmake -S . -B "$build" -G Ninja
 ninja -C "$build" "${tests[@]}" "${benches[@]}"
@@ -16,6 +17,7 @@ rm -rf .carry
 mkdir -p .carry/bin .carry/lib
 for t in "${tests[@]}"; do cp "$build/tests/gpu/$t" .carry/bin/; done
 for b in "${benches[@]}"; do cp "$build/bench/$b" .carry/bin/; done
+cp "$build/engine/backend/cuda/libsals_backend_cuda.so" .carry/bin/
 
 # The GPU machine (Ubuntu 24.04) has glibc, libstdc++, libgcc_s, libz, libssl/libcrypto and
 # CUDA's own libraries; everything else the binaries load travels (GPU-MACHINE.md).

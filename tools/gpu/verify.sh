@@ -1,44 +1,76 @@
 #!/usr/bin/env bash
 # The device-side check, run from the repository root on the GPU machine after tools/gpu/pack.sh:
-# device facts, the kernel tests, compute-sanitizer memcheck over them, and the decode attention
-# benchmark. Logs and the benchmark JSON go to $OUT (./out when unset); the summary prints last.
+# device facts, the GPU tests, compute-sanitizer over them, and the benchmarks. Logs and the
+# benchmark JSON go to $OUT (./out when unset); the summary prints last.
+# Usage: .carry/verify.sh [all|kernels|backend]   (all by default)
+#   kernels: the kernel tests, memcheck and racecheck over them, bench_decode_attention;
+#   backend: cuda_backend_test, memcheck over a short part of it, bench_e2e_decode.
 set -uo pipefail
 out="${OUT:-out}"
+mode="${1:-all}"
 mkdir -p "$out"
-run=.carry/run.sh
+carry="$(cd "$(dirname "$0")" && pwd)"
+run="$carry/run.sh"
+bin="$carry/bin"
 sanitizer="$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)"
-tests=(kernels_elementwise_test kernels_attention_test)
 summary=()
+benches=()
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv |
   tee "$out/device.txt"
 
-for t in "${tests[@]}"; do
-  timeout 90 "$run" ".carry/bin/$t" --gtest_brief=1 >"$out/$t.log" 2>&1
-  rc=$?
-  tail -n 25 "$out/$t.log"
-  summary+=("$t: rc=$rc $(grep -E '^\[  (PASSED|FAILED)  \]' "$out/$t.log" | tr '\n' ' ')")
+run_test() {  # name
+  timeout 120 "$run" "$bin/$1" --gtest_brief=1 >"$out/$1.log" 2>&1
+  local rc=$?
+  tail -n 25 "$out/$1.log"
+  summary+=("$1: rc=$rc $(grep -E '^\[  (PASSED|FAILED)  \]' "$out/$1.log" | tr '\n' ' ')")
+}
+
+memcheck() {  # name timeout [gtest args...]
+  local name=$1 limit=$2
+  shift 2
+  timeout "$limit" "$run" "$sanitizer" --tool memcheck --error-exitcode 3 \
+    "$bin/$name" --gtest_brief=1 "$@" >"$out/memcheck_$name.log" 2>&1
+  local rc=$?
+  local errors
+  errors="$(grep -E 'ERROR SUMMARY' "$out/memcheck_$name.log" | head -n 1)"
+  summary+=("memcheck $name: rc=$rc $errors")
+  grep -E '^=========     at ' "$out/memcheck_$name.log" | sed 's/+0x.*//' | sort | uniq -c |
+    head -n 5
+}
+
+bench() {  # name timeout
+  timeout "$2" "$run" "$bin/$1" --json "$out/$1.json" >"$out/$1.log" 2>&1
+  summary+=("$1: rc=$?")
+  benches+=("$1")
+}
+
+if [ "$mode" = all ] || [ "$mode" = kernels ]; then
+  run_test kernels_elementwise_test
+  run_test kernels_attention_test
+  bench bench_decode_attention 90
+  memcheck kernels_elementwise_test 100
+  memcheck kernels_attention_test 100
+  # Shared-memory races (block ids, K/V tiles): one decode and one prefill shape suffice.
+  timeout 60 "$run" "$sanitizer" --tool racecheck --error-exitcode 3 \
+    "$bin/kernels_attention_test" --gtest_brief=1 --gtest_filter='*f16_d64_g4_kv2_bs7*' \
+    >"$out/racecheck.log" 2>&1
+  summary+=("racecheck attention: rc=$? $(grep -E 'RACECHECK SUMMARY' "$out/racecheck.log" |
+    tail -n 1)")
+fi
+
+if [ "$mode" = all ] || [ "$mode" = backend ]; then
+  run_test cuda_backend_test
+  # Prefill batch, padded decode graphs, rejected batches: the backend's launches and copies.
+  memcheck cuda_backend_test 120 \
+    --gtest_filter='*FreeGreedy*mistral_gqa_F16*:*RejectsBadBatches*'
+  bench bench_e2e_decode 150
+fi
+
+for b in "${benches[@]}"; do
+  echo
+  echo "==== $b"
+  cat "$out/$b.log"
 done
-
-timeout 90 "$run" .carry/bin/bench_decode_attention --json "$out/bench_decode_attention.json" \
-  >"$out/bench_decode_attention.log" 2>&1
-summary+=("bench_decode_attention: rc=$?")
-
-for t in "${tests[@]}"; do
-  timeout 100 "$run" "$sanitizer" --tool memcheck --error-exitcode 3 \
-    ".carry/bin/$t" --gtest_brief=1 >"$out/memcheck_$t.log" 2>&1
-  rc=$?
-  summary+=("memcheck $t: rc=$rc $(grep -E 'ERROR SUMMARY' "$out/memcheck_$t.log" | head -n 1)")
-  grep -E '^=========     at ' "$out/memcheck_$t.log" | sed 's/+0x.*//' | sort | uniq -c | head -n 5
-done
-# Shared-memory races (block ids, K/V tiles): one decode and one prefill shape suffice.
-timeout 60 "$run" "$sanitizer" --tool racecheck --error-exitcode 3 \
-  .carry/bin/kernels_attention_test --gtest_brief=1 --gtest_filter='*f16_d64_g4_kv2_bs7*' \
-  >"$out/racecheck.log" 2>&1
-summary+=("racecheck attention: rc=$? $(grep -E 'RACECHECK SUMMARY' "$out/racecheck.log" | tail -n 1)")
-
-echo
-echo "==== benchmark"
-cat "$out/bench_decode_attention.log"
 echo "==== summary"
 printf '%s\n' "${summary[@]}"
