@@ -243,7 +243,11 @@ void Engine::Loop() {
       if (it->second->done) requests_.erase(it);
       it = next;
     }
-    if (scheduler_->has_unfinished()) Step();
+    if (scheduler_->has_unfinished()) {
+      Step();
+    } else if (!aborted.empty()) {
+      PublishStats(StepStats{});
+    }
     const int32_t waiting = scheduler_->stats().num_waiting;
     std::lock_guard<std::mutex> lock(mu_);
     num_waiting_ = waiting;
@@ -326,15 +330,18 @@ void Engine::Step() {
   for (size_t i = 0; i < plan.seqs.size(); ++i) {
     if (plan.seqs[i].sample) HandleToken(*requests_.at(plan.seqs[i].seq->id), results[i]);
   }
-  if (observer_) {
-    const SchedulerStats sched = scheduler_->stats();
-    stats.running = sched.num_running;
-    stats.waiting = sched.num_waiting;
-    stats.preempted = plan.num_preempted;
-    stats.blocks = sched.blocks;
-    stats.step_ms = absl::ToDoubleMilliseconds(absl::Now() - start);
-    observer_->OnStep(stats);
-  }
+  stats.preempted = plan.num_preempted;
+  stats.step_ms = absl::ToDoubleMilliseconds(absl::Now() - start);
+  PublishStats(stats);
+}
+
+void Engine::PublishStats(StepStats stats) {
+  if (!observer_) return;
+  const SchedulerStats sched = scheduler_->stats();
+  stats.running = sched.num_running;
+  stats.waiting = sched.num_waiting;
+  stats.blocks = sched.blocks;
+  observer_->OnStep(stats);
 }
 
 void Engine::HandleToken(Request& r, const SampleResult& sample) {

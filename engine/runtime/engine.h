@@ -75,6 +75,8 @@ class Engine {
   void HandleToken(Request& r, const SampleResult& sample);
   void Complete(Request& r, FinishReason reason, std::string stop_reason);
   void FailAll(const absl::Status& status);
+  // Tells the observer where the pool and queues stand (after every step, and after aborts).
+  void PublishStats(StepStats stats);
 
   EngineConfig config_;
   LoadedModel model_;

@@ -1,0 +1,308 @@
+// The server end to end over loopback gRPC on the fixture models (CPU backend).
+#include "server/server.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "tests/server/server_test_util.h"
+
+namespace sals {
+namespace {
+
+using grpc::health::v1::HealthCheckResponse;
+using testing::FetchMetrics;
+using testing::GreedyIds;
+using testing::ParseMetrics;
+using testing::RunStream;
+using testing::StreamResult;
+
+ServerConfig TestConfig(const std::string& flavour) {
+  ServerConfig c = DefaultServerConfig();
+  c.engine.model_path = std::string(SALS_FIXTURES_DIR) + "/" + flavour;
+  c.engine.kv_format = "dense";
+  c.engine.block_size = 4;
+  c.engine.num_blocks = 128;
+  c.engine.max_num_seqs = 8;
+  c.engine.max_num_batched_tokens = 64;
+  c.listen = "127.0.0.1:0";
+  c.metrics_listen = "127.0.0.1:0";
+  return c;
+}
+
+class Server {
+ public:
+  explicit Server(ServerConfig config) : server_(std::move(config)) {}
+  absl::Status Start() {
+    absl::Status s = server_.Start();
+    if (s.ok()) Connect();
+    return s;
+  }
+  void Connect() {
+    channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(server_.grpc_port()),
+                                   grpc::InsecureChannelCredentials());
+    stub_ = v1::Generation::NewStub(channel_);
+  }
+  v1::Generation::Stub& stub() { return *stub_; }
+  SalsServer& server() { return server_; }
+  const std::shared_ptr<grpc::Channel>& channel() { return channel_; }
+  std::map<std::string, double> Metrics() {
+    std::map<std::string, double> m;
+    EXPECT_TRUE(ParseMetrics(FetchMetrics(server_.metrics_port()), &m));
+    return m;
+  }
+  // Waits until the pool holds no block and nothing runs or waits.
+  bool WaitIdle() {
+    for (int i = 0; i < 500; ++i) {
+      auto m = Metrics();
+      if (m["sals:kv_cache_usage_perc"] == 0 && m["sals:num_requests_running"] == 0 &&
+          m["sals:num_requests_waiting"] == 0 && server_.engine()->num_live() == 0) {
+        return true;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return false;
+  }
+
+ private:
+  SalsServer server_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Generation::Stub> stub_;
+};
+
+std::vector<uint32_t> Prompt(int seed, int length, uint32_t vocab) {
+  std::vector<uint32_t> p;
+  for (int j = 0; j < length; ++j) p.push_back((31u * seed + 17u * j + 3u) % vocab);
+  return p;
+}
+
+TEST(ServerTest, HealthServesAfterLoadAndDrainsOnShutdown) {
+  Server s(TestConfig("llama2-mha"));
+  ASSERT_TRUE(s.server().Listen().ok());
+  s.Connect();
+  EXPECT_EQ(testing::Health(s.channel()), HealthCheckResponse::NOT_SERVING);
+  StreamResult early = RunStream(s.stub(), GreedyIds({1, 2, 3}, 2));
+  EXPECT_EQ(early.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  ASSERT_TRUE(s.server().Load().ok());
+  EXPECT_EQ(testing::Health(s.channel()), HealthCheckResponse::SERVING);
+
+  // A long stream in flight while the drain starts finishes normally; new ones are refused.
+  std::atomic<bool> first_chunk{false};
+  StreamResult in_flight;
+  std::thread client([&] {
+    in_flight =
+        RunStream(s.stub(), GreedyIds({1, 5, 9}, 300), std::chrono::seconds(120),
+                  [&](grpc::ClientContext&, const v1::GenerateChunk&) { first_chunk = true; });
+  });
+  while (!first_chunk) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  int cut = -1;
+  std::thread drain([&] { cut = s.server().Drain(absl::Seconds(60)); });
+  while (testing::Health(s.channel()) == HealthCheckResponse::SERVING) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  StreamResult refused = RunStream(s.stub(), GreedyIds({1, 2}, 2));
+  EXPECT_FALSE(refused.status.ok());
+  client.join();
+  drain.join();
+  EXPECT_TRUE(in_flight.status.ok()) << in_flight.status.error_message();
+  EXPECT_EQ(in_flight.complete.finish_reason(), v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(in_flight.tokens.size(), 300u);
+  EXPECT_EQ(cut, 0);
+}
+
+TEST(ServerTest, ConcurrentStreamsGiveWhatEachGivesAlone) {
+  Server s(TestConfig("mistral-gqa"));
+  ASSERT_TRUE(s.Start().ok());
+  constexpr int kStreams = 12;
+  std::vector<StreamResult> alone(kStreams), together(kStreams);
+  for (int i = 0; i < kStreams; ++i) {
+    alone[i] = RunStream(s.stub(), GreedyIds(Prompt(i, 3 + 5 * i, 1500), 5 + 3 * i));
+    ASSERT_TRUE(alone[i].status.ok()) << alone[i].status.error_message();
+  }
+  std::vector<std::thread> clients;
+  for (int i = 0; i < kStreams; ++i) {
+    clients.emplace_back([&, i] {
+      together[i] = RunStream(s.stub(), GreedyIds(Prompt(i, 3 + 5 * i, 1500), 5 + 3 * i));
+    });
+  }
+  for (auto& t : clients) t.join();
+  uint64_t prompt_tokens = 0, completion_tokens = 0;
+  for (int i = 0; i < kStreams; ++i) {
+    ASSERT_TRUE(together[i].status.ok());
+    EXPECT_EQ(together[i].tokens, alone[i].tokens) << "stream " << i;
+    EXPECT_EQ(together[i].complete.usage().completion_tokens(), 5u + 3 * i);
+    for (const StreamResult* r : {&alone[i], &together[i]}) {
+      prompt_tokens += r->complete.usage().prompt_tokens();
+      completion_tokens += r->complete.usage().completion_tokens();
+    }
+  }
+  // The metrics page parses and counts exactly what was served (plus the warm-up: 8 + 4).
+  ASSERT_TRUE(s.WaitIdle());
+  auto m = s.Metrics();
+  EXPECT_EQ(m["sals:generation_tokens_total"], completion_tokens + 4);
+  EXPECT_EQ(m["sals:prompt_tokens_total"], prompt_tokens + 8);
+  EXPECT_EQ(m["sals:request_success_total{finished_reason=\"length\"}"], 2 * kStreams + 1);
+  EXPECT_EQ(m["sals:time_to_first_token_seconds_count"], 2 * kStreams + 1);
+  EXPECT_GT(m["sals:kv_cache_contexts_fit{context=\"4096\"}"], -1);
+}
+
+TEST(ServerTest, CancelAndDeadlineFreeEveryBlock) {
+  Server s(TestConfig("llama2-mha"));
+  ASSERT_TRUE(s.Start().ok());
+  StreamResult cancelled = RunStream(
+      s.stub(), GreedyIds({1, 5, 9, 13}, 400), std::chrono::seconds(60),
+      [](grpc::ClientContext& context, const v1::GenerateChunk&) { context.TryCancel(); });
+  EXPECT_EQ(cancelled.status.error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_TRUE(s.WaitIdle()) << "cancel left blocks or a live request behind";
+  StreamResult late =
+      RunStream(s.stub(), GreedyIds({1, 5, 9, 13}, 400), std::chrono::milliseconds(30));
+  EXPECT_EQ(late.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_TRUE(s.WaitIdle()) << "a deadline left blocks or a live request behind";
+  auto m = s.Metrics();
+  EXPECT_GE(m["sals:request_success_total{finished_reason=\"abort\"}"], 2);
+  // Abort by id of a request that is not running.
+  v1::AbortRequest abort;
+  abort.set_request_id("nope");
+  v1::AbortResponse response;
+  grpc::ClientContext context;
+  ASSERT_TRUE(s.stub().Abort(&context, abort, &response).ok());
+  EXPECT_FALSE(response.found());
+}
+
+TEST(ServerTest, MoreLongRequestsThanThePoolHoldsAllComplete) {
+  ServerConfig config = TestConfig("llama31-bpe");
+  config.engine.num_blocks = 40;  // 160 tokens; six requests of ~75 tokens each
+  Server s(config);
+  ASSERT_TRUE(s.Start().ok());
+  std::vector<StreamResult> alone(6), together(6);
+  for (int i = 0; i < 6; ++i) alone[i] = RunStream(s.stub(), GreedyIds(Prompt(i, 15, 2000), 60));
+  std::vector<std::thread> clients;
+  for (int i = 0; i < 6; ++i) {
+    clients.emplace_back(
+        [&, i] { together[i] = RunStream(s.stub(), GreedyIds(Prompt(i, 15, 2000), 60)); });
+  }
+  for (auto& t : clients) t.join();
+  uint32_t preemptions = 0;
+  for (int i = 0; i < 6; ++i) {
+    ASSERT_TRUE(together[i].status.ok()) << together[i].status.error_message();
+    EXPECT_EQ(together[i].tokens, alone[i].tokens) << "request " << i;
+    preemptions += together[i].complete.timings().preemptions();
+  }
+  EXPECT_GT(preemptions, 0u);
+  EXPECT_GT(s.Metrics()["sals:num_preemptions_total"], 0);
+}
+
+TEST(ServerTest, BadInputGetsInvalidArgumentNamingTheField) {
+  ServerConfig config = TestConfig("llama31-bpe");
+  Server s(config);
+  ASSERT_TRUE(s.Start().ok());
+  auto expect_invalid = [&](const v1::GenerateRequest& r, const std::string& field) {
+    StreamResult result = RunStream(s.stub(), r);
+    EXPECT_EQ(result.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << field;
+    EXPECT_NE(result.status.error_message().find(field), std::string::npos)
+        << result.status.error_message() << " should name " << field;
+  };
+  expect_invalid(v1::GenerateRequest(), "prompt");
+  v1::GenerateRequest r = GreedyIds({}, 4);
+  expect_invalid(r, "token_ids");
+  r = GreedyIds({1, 2}, 4);
+  r.set_text("");
+  expect_invalid(r, "text");
+  expect_invalid(GreedyIds({1, 5000}, 4), "vocabulary");
+  expect_invalid(GreedyIds({1, 2}, 100000), "max_tokens");
+  r = GreedyIds({1, 2}, 4);
+  r.mutable_sampling()->set_top_p(1.5f);
+  expect_invalid(r, "top_p");
+  r = GreedyIds({1, 2}, 4);
+  r.mutable_sampling()->set_temperature(-1.0f);
+  expect_invalid(r, "temperature");
+  r = GreedyIds({1, 2}, 4);
+  r.mutable_sampling()->set_max_tokens(0);
+  expect_invalid(r, "max_tokens");
+  r = GreedyIds({1, 2}, 4);
+  r.mutable_attention()->set_preset(static_cast<v1::AttentionPolicy::Preset>(42));
+  expect_invalid(r, "attention.preset");
+  r = GreedyIds({1, 2}, 4);
+  r.mutable_attention()->set_preset(v1::AttentionPolicy::PRESET_SALS_12_5);
+  expect_invalid(r, "attention");  // this server's pool is dense
+  // The server is unharmed: a good request still works.
+  StreamResult ok = RunStream(s.stub(), GreedyIds({1, 2, 3}, 3));
+  EXPECT_TRUE(ok.status.ok());
+  EXPECT_EQ(ok.tokens.size(), 3u);
+}
+
+TEST(ServerTest, FullWaitingQueueIsResourceExhausted) {
+  ServerConfig config = TestConfig("llama2-mha");
+  config.engine.max_num_seqs = 1;
+  config.engine.max_waiting_requests = 1;
+  Server s(config);
+  ASSERT_TRUE(s.Start().ok());
+  std::vector<StreamResult> results(8);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < 8; ++i) {
+    clients.emplace_back([&, i] { results[i] = RunStream(s.stub(), GreedyIds({1, 2, 3}, 80)); });
+  }
+  for (auto& t : clients) t.join();
+  int exhausted = 0, ok = 0;
+  for (const StreamResult& r : results) {
+    exhausted += r.status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED;
+    ok += r.status.ok();
+  }
+  EXPECT_GT(exhausted, 0);
+  EXPECT_GT(ok, 0);
+  EXPECT_EQ(exhausted + ok, 8);
+}
+
+TEST(ServerTest, SharedPrefixIsServedFromCachedBlocks) {
+  Server s(TestConfig("mistral-gqa"));
+  ASSERT_TRUE(s.Start().ok());
+  const std::vector<uint32_t> prompt = Prompt(3, 41, 1500);
+  StreamResult first = RunStream(s.stub(), GreedyIds(prompt, 6));
+  StreamResult second = RunStream(s.stub(), GreedyIds(prompt, 6));
+  ASSERT_TRUE(second.status.ok());
+  EXPECT_EQ(first.complete.usage().cached_prompt_tokens(), 0u);
+  EXPECT_EQ(second.complete.usage().cached_prompt_tokens(), 40u);  // full blocks of 4, last kept
+  EXPECT_EQ(second.tokens, first.tokens);
+  EXPECT_GE(s.Metrics()["sals:prefix_cache_hits_total"], 40);
+}
+
+TEST(ServerTest, SalsPoolServesTextAndReusesPrefixes) {
+  ServerConfig config = TestConfig("mistral-gqa");  // 4 layers: layer 2 is sparse
+  config.engine.kv_format = "sals-25";
+  config.engine.sink_tokens = 4;
+  config.engine.recent_tokens = 8;
+  config.engine.default_policy.sink_tokens = 4;
+  config.engine.default_policy.recent_tokens = 8;
+  Server s(config);
+  ASSERT_TRUE(s.Start().ok()) << "SALS server";
+  v1::GetModelInfoResponse info;
+  grpc::ClientContext context;
+  ASSERT_TRUE(s.stub().GetModelInfo(&context, {}, &info).ok());
+  EXPECT_EQ(info.kv_cache().format(), "sals");
+  EXPECT_EQ(info.kv_cache().latent_rank(), 6u);
+  EXPECT_LT(info.kv_cache().bytes_per_token(), info.kv_cache().dense_fp16_bytes_per_token());
+  v1::GenerateRequest r;
+  r.set_text("The quick brown fox jumps over the lazy dog, and the dog sleeps on.");
+  r.mutable_sampling()->set_max_tokens(24);
+  r.mutable_sampling()->set_temperature(0.0f);
+  r.mutable_sampling()->set_ignore_eos(true);
+  StreamResult first = RunStream(s.stub(), r);
+  ASSERT_TRUE(first.status.ok()) << first.status.error_message();
+  EXPECT_EQ(first.tokens.size(), 24u);
+  StreamResult second = RunStream(s.stub(), r);
+  ASSERT_TRUE(second.status.ok());
+  EXPECT_GT(second.complete.usage().cached_prompt_tokens(), 0u);
+  r.mutable_attention()->set_preset(v1::AttentionPolicy::PRESET_SALS_12_5);
+  r.mutable_attention()->set_token_budget(2);
+  StreamResult sparse = RunStream(s.stub(), r);
+  EXPECT_TRUE(sparse.status.ok()) << sparse.status.error_message();
+  EXPECT_TRUE(s.WaitIdle());
+}
+
+}  // namespace
+}  // namespace sals
