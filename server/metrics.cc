@@ -108,7 +108,17 @@ ServerMetrics::ServerMetrics(int max_model_len)
       generation_len_(NewHistogram(*registry_, "sals:request_generation_tokens",
                                    "Generated length, tokens.", OneTwoFive(max_model_len))),
       iteration_tokens_(NewHistogram(*registry_, "sals:iteration_tokens_total",
-                                     "Tokens computed per engine step.", kIterationBuckets)) {
+                                     "Tokens computed per engine step.", kIterationBuckets)),
+      sals_attended_(NewCounter(*registry_, "sals:sals_attended_tokens_total",
+                                "Cached tokens SALS decode steps attended, summed over sparse "
+                                "layers and sequences.")),
+      sals_cached_(NewCounter(*registry_, "sals:sals_cached_tokens_total",
+                              "Cached tokens those steps could have attended (the selection "
+                              "fraction is attended / cached).")),
+      gpu_used_(NewGauge(*registry_, "sals:gpu_memory_used_bytes",
+                         "Accelerator memory in use (0 on the CPU backend).")),
+      gpu_total_(NewGauge(*registry_, "sals:gpu_memory_total_bytes",
+                          "Accelerator memory in all (0 on the CPU backend).")) {
   for (const char* reason : {"stop", "length", "abort"})
     success_.Add({{"finished_reason", reason}});
 }
@@ -160,6 +170,12 @@ void ServerMetrics::OnStep(const StepStats& stats) {
   if (b.queried_tokens > last_queried_) prefix_queries_.Increment(b.queried_tokens - last_queried_);
   if (b.hit_tokens > last_hits_) prefix_hits_.Increment(b.hit_tokens - last_hits_);
   last_queried_ = b.queried_tokens;
+  if (stats.sals_attended_tokens > 0) sals_attended_.Increment(stats.sals_attended_tokens);
+  if (stats.sals_cached_tokens > 0) sals_cached_.Increment(stats.sals_cached_tokens);
+  if (stats.device_memory) {
+    gpu_used_.Set(static_cast<double>(stats.device_memory->used_bytes));
+    gpu_total_.Set(static_cast<double>(stats.device_memory->total_bytes));
+  }
   last_hits_ = b.hit_tokens;
 }
 

@@ -69,6 +69,10 @@ class ServerMetrics : public EngineObserver {
   prometheus::Histogram& prompt_len_;
   prometheus::Histogram& generation_len_;
   prometheus::Histogram& iteration_tokens_;
+  prometheus::Counter& sals_attended_;
+  prometheus::Counter& sals_cached_;
+  prometheus::Gauge& gpu_used_;
+  prometheus::Gauge& gpu_total_;
   int64_t last_queried_ = 0;
   int64_t last_hits_ = 0;
 };

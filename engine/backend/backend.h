@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -42,6 +43,15 @@ struct ForwardBatch {
 struct ForwardOutput {
   std::vector<float> logits;       // rows x vocab_size, fp32
   std::vector<int32_t> row_begin;  // per sequence, its first row in `logits`
+  // SALS selection statistics of the step, summed over one-token slices and sparse layers:
+  // cached tokens attended, and cached tokens there were.
+  int64_t sals_attended_tokens = 0;
+  int64_t sals_cached_tokens = 0;
+};
+
+struct DeviceMemory {
+  int64_t used_bytes = 0;
+  int64_t total_bytes = 0;
 };
 
 class Backend {
@@ -53,6 +63,8 @@ class Backend {
   // and returns the requested logits. Errors on malformed batches (block table too short,
   // token id out of range, block id outside the pool) without touching the cache.
   virtual absl::Status Forward(const ForwardBatch& batch, ForwardOutput* out) = 0;
+  // Accelerator memory, for backends that have one.
+  virtual std::optional<DeviceMemory> device_memory() const { return std::nullopt; }
 };
 
 }  // namespace sals

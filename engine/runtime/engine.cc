@@ -331,6 +331,8 @@ void Engine::Step() {
     if (plan.seqs[i].sample) HandleToken(*requests_.at(plan.seqs[i].seq->id), results[i]);
   }
   stats.preempted = plan.num_preempted;
+  stats.sals_attended_tokens = output_.sals_attended_tokens;
+  stats.sals_cached_tokens = output_.sals_cached_tokens;
   stats.step_ms = absl::ToDoubleMilliseconds(absl::Now() - start);
   PublishStats(stats);
 }
@@ -341,6 +343,7 @@ void Engine::PublishStats(StepStats stats) {
   stats.running = sched.num_running;
   stats.waiting = sched.num_waiting;
   stats.blocks = sched.blocks;
+  stats.device_memory = model_.backend->device_memory();
   observer_->OnStep(stats);
 }
 

@@ -3,7 +3,9 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 
+#include "engine/backend/backend.h"
 #include "engine/runtime/request.h"
 #include "engine/sched/block_manager.h"
 
@@ -17,6 +19,9 @@ struct StepStats {
   int32_t preempted = 0;
   double step_ms = 0.0;
   BlockUsage blocks;
+  int64_t sals_attended_tokens = 0;  // see ForwardOutput
+  int64_t sals_cached_tokens = 0;
+  std::optional<DeviceMemory> device_memory;
 };
 
 class EngineObserver {

@@ -302,6 +302,11 @@ TEST(ServerTest, SalsPoolServesTextAndReusesPrefixes) {
   StreamResult sparse = RunStream(s.stub(), r);
   EXPECT_TRUE(sparse.status.ok()) << sparse.status.error_message();
   EXPECT_TRUE(s.WaitIdle());
+  // Selection statistics: the sparse layer's decode steps attended part of their context.
+  auto m = s.Metrics();
+  EXPECT_GT(m["sals:sals_cached_tokens_total"], 0);
+  EXPECT_GT(m["sals:sals_attended_tokens_total"], 0);
+  EXPECT_LT(m["sals:sals_attended_tokens_total"], m["sals:sals_cached_tokens_total"]);
 }
 
 }  // namespace

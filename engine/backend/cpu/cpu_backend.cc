@@ -101,6 +101,7 @@ class CpuBackend : public Backend {
     const int h = c.hidden_size, qw = c.q_width(), kvw = c.kv_width();
     const int inter = c.intermediate_size, row = qw + 2 * kvw;
     const TokenIndex ix = IndexTokens(batch);
+    out->sals_attended_tokens = out->sals_cached_tokens = 0;
 
     std::vector<float> x(t * h), xn(t * h), qkv(t * row), attn(t * qw);
     std::vector<float> gate_up(t * 2 * inter), act(t * inter), proj(t * h);
@@ -125,7 +126,7 @@ class CpuBackend : public Backend {
       } else {
         for (size_t s = 0; s < batch.seqs.size(); ++s) {
           AttendSals(l, static_cast<int>(s), batch.seqs[s], ix.seq_begin[s], pre_rope.data(),
-                     qkv.data(), attn.data());
+                     qkv.data(), attn.data(), out);
         }
       }
       cpu::Linear(attn.data(), t, qw, w.wo.data(), h, proj.data());
@@ -262,7 +263,7 @@ class CpuBackend : public Backend {
   // One sequence's attention in a SALS layer, then its new tokens stored as latents + quantized
   // values (and exact copies for sinks / the recent ring).
   void AttendSals(int layer, int seq_index, const SequenceSlice& seq, int64_t first_token,
-                  const float* pre_rope, const float* qkv, float* attn) {
+                  const float* pre_rope, const float* qkv, float* attn, ForwardOutput* out) {
     const ModelConfig& c = config_;
     const int qw = c.q_width(), kvw = c.kv_width(), row = qw + 2 * kvw, group = c.group_size();
     const int64_t n = seq.num_tokens;
@@ -270,8 +271,10 @@ class CpuBackend : public Backend {
     const std::vector<int64_t> positions =
         SalsPositions(layer, seq, pre_rope + first_token * row, policy);
     const int64_t m = static_cast<int64_t>(positions.size());
-    if (n == 1 && options_.selection_observer) {
-      options_.selection_observer(layer, seq_index, positions);
+    if (n == 1) {
+      out->sals_attended_tokens += m;
+      out->sals_cached_tokens += seq.context_len;
+      if (options_.selection_observer) options_.selection_observer(layer, seq_index, positions);
     }
 
     // Keys (post-RoPE) and values: the selected cached tokens, then the new tokens exact.

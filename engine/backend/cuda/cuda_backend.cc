@@ -189,6 +189,13 @@ class CudaBackendImpl : public CudaBackend {
   const ModelConfig& config() const override { return config_; }
   const KvPoolConfig& kv_pool() const override { return pool_; }
 
+  std::optional<DeviceMemory> device_memory() const override {
+    size_t free_bytes = 0, total_bytes = 0;
+    if (cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) return std::nullopt;
+    return DeviceMemory{static_cast<int64_t>(total_bytes - free_bytes),
+                        static_cast<int64_t>(total_bytes)};
+  }
+
   absl::Status Forward(const ForwardBatch& batch, ForwardOutput* out) override {
     if (absl::Status s = Step(batch, /*greedy=*/false, &out->row_begin); !s.ok()) return s;
     out->logits.resize(static_cast<size_t>(plan_.out_rows) * config_.vocab_size);

@@ -43,7 +43,7 @@ class CudaBackend : public Backend {
 };
 
 // Bumped whenever this header's types change, so that a stale library is refused at load time.
-inline constexpr int kCudaBackendAbiVersion = 1;
+inline constexpr int kCudaBackendAbiVersion = 2;
 
 }  // namespace sals
 
