@@ -1,14 +1,22 @@
-// End-to-end decode throughput of the CUDA backend (dense path), Llama-3.1-8B shape, random
-// weights: batch 8 at 4K and 32K context, batch 4 at 64K, against gpt-fast on the same H200
-// (GPU-MACHINE.md). The KV cache is filled with random values instead of running the prefills;
-// positions and lengths are those of prefilled sequences. Each step is a ForwardGreedy whose
-// tokens feed the next (the context grows by one per step); per shape, the median over the timed
-// steps of the device time (CUDA events around the step's device work) and of the wall time of
-// the call. Short-context runs at each batch size give the weight-streaming time, so that the
-// table can split the step into weight reads and KV reads, each against the 4.3 TB/s copy rate.
+// End-to-end decode throughput of the CUDA backend, Llama-3.1-8B shape, random weights: batch 8 at
+// 4K and 32K context, batch 4 at 64K, against gpt-fast on the same H200 (GPU-MACHINE.md), for each
+// KV pool format asked for: dense fp16, SALS-25 and SALS-12.5 (the presets: rank D/4 with 4-bit
+// values, rank D/8 with 2-bit values, layers 0, 1 and 31 dense, 16 sinks + 64 recent tokens,
+// the default policy: top 1/8 of the context scored on rank/2 dims), SALS with a random basis
+// (orthonormal columns, Gram-Schmidt on a seeded Gaussian matrix; one basis for every layer).
+// The KV cache is filled with random values instead of running the prefills; positions and
+// lengths are those of prefilled sequences. Each step is a ForwardGreedy whose tokens feed the
+// next (the context grows by one per step); per shape, the median over the timed steps of the
+// device time (CUDA events around the step's device work) and of the wall time of the call.
+// Short-context runs at each batch size give the weight-streaming time, so that the table can
+// split the step into weight reads and KV reads (SALS: the bytes its selection reads: latent
+// scores, the selected tokens' latents and value codes, the exact rows), each against the
+// 4.3 TB/s copy rate.
 // Usage: bench_e2e_decode [--json PATH] [--dtype f16|bf16] [--no_graphs] [--steps N]
+//                         [--kv dense,sals-25,sals-12.5]
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -20,9 +28,13 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_split.h"
 #include "engine/backend/cuda_loader.h"
+#include "engine/kv/kv_format.h"
 #include "engine/model/config.h"
 #include "engine/model/weight_source.h"
+#include "engine/sals/basis.h"
+#include "engine/sals/policy.h"
 
 namespace sals {
 namespace {
@@ -39,6 +51,7 @@ struct Shape {
 };
 
 struct Result {
+  std::string kv;  // pool format
   Shape shape;
   double device_ms, wall_ms;
   double weight_gb, kv_gb;  // bytes read per step
@@ -75,8 +88,31 @@ double WeightBytes(const ModelConfig& c, double elem_bytes) {
   return elem_bytes * (c.num_layers * per_layer + h + static_cast<double>(c.vocab_size) * h);
 }
 
+// KV bytes one decode step of a sequence with `context` cached tokens reads: every dense layer's
+// K and V; per SALS layer the latent scores of the middle tokens (score_dims each), the selected
+// tokens' latents, value codes and (scale, zero) pairs, and the exact sink and recent rows.
+double KvBytesPerStep(const ModelConfig& c, const KvCacheFormat& format, int context) {
+  const double width = c.kv_width();
+  const int sparse = format.NumSparseLayers();
+  double bytes = 4.0 * width * context * (c.num_layers - sparse);
+  if (sparse > 0) {
+    const SalsStorage& s = *format.sals;
+    const SalsPolicy policy = SalsPolicy{}.Resolved(s);
+    const SelectionPlan plan = PlanSelection(policy, context);
+    const double groups = s.values.bits == 16 ? 0.0 : width / s.values.group_size;
+    const double value_bytes = width * s.values.bits / 8.0 + 4.0 * groups;
+    const double middle = static_cast<double>(plan.recent_begin - plan.sink_end);
+    const double exact = static_cast<double>(plan.sink_end + context - plan.recent_begin);
+    bytes += sparse *
+             (middle * policy.score_dims * 2.0 +
+              static_cast<double>(plan.topk) * (2.0 * s.rank + value_bytes) + exact * 4.0 * width);
+  }
+  return bytes;
+}
+
 // Runs warm-up + `steps` greedy decode steps of `shape` and returns the medians.
-Result RunShape(CudaBackend& backend, const Shape& shape, int steps, std::mt19937_64& rng) {
+Result RunShape(CudaBackend& backend, const std::string& kv, const Shape& shape, int steps,
+                std::mt19937_64& rng) {
   const ModelConfig& c = backend.config();
   const int total = shape.context + kWarmup + steps;
   const int blocks_per_seq = (total + kBlockSize - 1) / kBlockSize;
@@ -89,11 +125,12 @@ Result RunShape(CudaBackend& backend, const Shape& shape, int steps, std::mt1993
     s.num_tokens = 1;
     s.context_len = shape.context - 1;  // the first step attends to `context` tokens
     s.block_table.assign(ids.begin() + b * blocks_per_seq, ids.begin() + (b + 1) * blocks_per_seq);
+    s.exact_slot = b;  // SALS pools: the sequence's exact rows (the default policy)
     batch.seqs.push_back(std::move(s));
     batch.tokens.push_back(static_cast<int32_t>(rng() % c.vocab_size));
   }
   std::vector<double> device_ms, wall_ms;
-  double kv_tokens = 0.0;
+  double kv_bytes = 0.0;
   for (int step = 0; step < kWarmup + steps; ++step) {
     std::vector<int32_t> next;
     const auto t0 = std::chrono::steady_clock::now();
@@ -102,14 +139,50 @@ Result RunShape(CudaBackend& backend, const Shape& shape, int steps, std::mt1993
     if (step >= kWarmup) {
       device_ms.push_back(Check(backend.LastStepMs()));
       wall_ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
-      for (const SequenceSlice& s : batch.seqs) kv_tokens += s.context_len + 1;
+      for (const SequenceSlice& s : batch.seqs) {
+        kv_bytes += KvBytesPerStep(c, backend.kv_pool().format, s.context_len);
+      }
     }
     batch.tokens = next;
     for (SequenceSlice& s : batch.seqs) ++s.context_len;
   }
-  const double kv_bytes_per_token = 2.0 * 2.0 * c.num_layers * c.kv_width();  // fp16 K and V
-  return Result{shape, Median(device_ms), Median(wall_ms), WeightBytes(c, 2.0) / 1e9,
-                kv_tokens / steps * kv_bytes_per_token / 1e9};
+  return Result{kv,
+                shape,
+                Median(device_ms),
+                Median(wall_ms),
+                WeightBytes(c, 2.0) / 1e9,
+                kv_bytes / steps / 1e9};
+}
+
+// One D x rank basis with orthonormal columns (Gram-Schmidt in double on a seeded Gaussian
+// matrix), the same for every layer.
+SalsBasis RandomBasis(const ModelConfig& c, int rank, uint64_t seed) {
+  const int d = c.kv_width();
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> normal;
+  std::vector<double> u(static_cast<size_t>(d) * rank);
+  for (int j = 0; j < rank; ++j) {
+    for (int i = 0; i < d; ++i) u[static_cast<size_t>(i) * rank + j] = normal(rng);
+    for (int k = 0; k < j; ++k) {
+      double dot = 0.0;
+      for (int i = 0; i < d; ++i) {
+        dot += u[static_cast<size_t>(i) * rank + j] * u[static_cast<size_t>(i) * rank + k];
+      }
+      for (int i = 0; i < d; ++i) {
+        u[static_cast<size_t>(i) * rank + j] -= dot * u[static_cast<size_t>(i) * rank + k];
+      }
+    }
+    double norm = 0.0;
+    for (int i = 0; i < d; ++i) {
+      norm += u[static_cast<size_t>(i) * rank + j] * u[static_cast<size_t>(i) * rank + j];
+    }
+    for (int i = 0; i < d; ++i) u[static_cast<size_t>(i) * rank + j] /= std::sqrt(norm);
+  }
+  SalsBasis basis;
+  basis.width = d;
+  basis.rank = rank;
+  basis.layers.assign(c.num_layers, std::vector<float>(u.begin(), u.end()));
+  return basis;
 }
 
 int Main(int argc, char** argv) {
@@ -118,6 +191,7 @@ int Main(int argc, char** argv) {
   options.dtype = DType::kBF16;  // as gpt-fast
   options.time_steps = true;
   int steps = 30;
+  std::vector<std::string> kv_formats = {"dense"};
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--json") == 0 && i + 1 < argc) {
       json_path = argv[++i];
@@ -132,8 +206,12 @@ int Main(int argc, char** argv) {
       options.cuda_graphs = false;
     } else if (std::strcmp(argv[i], "--steps") == 0 && i + 1 < argc) {
       steps = std::max(20, std::atoi(argv[++i]));
+    } else if (std::strcmp(argv[i], "--kv") == 0 && i + 1 < argc) {
+      kv_formats = absl::StrSplit(argv[++i], ',', absl::SkipEmpty());
     } else {
-      std::fprintf(stderr, "usage: %s [--json PATH] [--dtype f16|bf16] [--no_graphs] [--steps N]\n",
+      std::fprintf(stderr,
+                   "usage: %s [--json PATH] [--dtype f16|bf16] [--no_graphs] [--steps N] "
+                   "[--kv dense,sals-25,sals-12.5]\n",
                    argv[0]);
       return 2;
     }
@@ -142,43 +220,61 @@ int Main(int argc, char** argv) {
   const std::vector<Shape> shapes = {{8, 4096, 525.0}, {8, 32768, 98.4}, {4, 65536, 45.5}};
   // Per batch size, a short-context run: the weight-streaming time.
   const std::vector<Shape> short_shapes = {{8, kShortContext, 0.0}, {4, kShortContext, 0.0}};
-  KvPoolConfig pool;
-  pool.block_size = kBlockSize;
+  int num_blocks = 0;
   for (const Shape& s : shapes) {
-    pool.num_blocks = std::max(
-        pool.num_blocks, s.batch * ((s.context + kWarmup + steps + kBlockSize - 1) / kBlockSize));
+    num_blocks = std::max(num_blocks,
+                          s.batch * ((s.context + kWarmup + steps + kBlockSize - 1) / kBlockSize));
+  }
+  int max_batch = 0;
+  for (const Shape& s : shapes) max_batch = std::max(max_batch, s.batch);
+  const std::unique_ptr<WeightSource> weights = MakeRandomWeights(config, 1);
+  std::printf(
+      "llama-3.1-8b shape, random %s weights, CUDA graphs %s; %d warm-up + %d timed steps "
+      "per row; pools of %d blocks of %d tokens\n",
+      options.dtype == DType::kF16 ? "f16" : "bf16", options.cuda_graphs ? "on" : "off", kWarmup,
+      steps, num_blocks, kBlockSize);
+
+  // Per format: the short-context steps (the weight-streaming time per batch size), then the
+  // shapes.
+  std::vector<Result> all;
+  for (const std::string& kv : kv_formats) {
+    KvPoolConfig pool;
+    pool.block_size = kBlockSize;
+    pool.num_blocks = num_blocks;
+    pool.format = Check(MakeKvCacheFormat(config, kv));
+    CudaBackendOptions kv_options = options;
+    if (pool.format.sals) {
+      pool.max_sequences = max_batch;
+      kv_options.sals_basis = RandomBasis(config, pool.format.sals->rank, 5);
+    }
+    const KvBytes bytes = ComputeKvBytes(config, pool.format, kBlockSize);
+    const auto load_start = std::chrono::steady_clock::now();
+    std::unique_ptr<CudaBackend> backend =
+        Check(LoadCudaBackend(config, *weights, pool, kv_options));
+    const double load_s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
+    Check(backend->FillKvCacheRandom(7));
+    std::printf("%s: KV pool %.1f GB (%.0f bytes per token, exact rows %.1f MB); load %.1f s\n",
+                kv.c_str(),
+                (static_cast<double>(bytes.per_block) * num_blocks +
+                 static_cast<double>(bytes.exact_per_sequence) * pool.max_sequences) /
+                    1e9,
+                static_cast<double>(bytes.per_token),
+                static_cast<double>(bytes.exact_per_sequence) * pool.max_sequences / 1e6, load_s);
+    std::mt19937_64 rng(11);
+    for (const Shape& s : short_shapes) all.push_back(RunShape(*backend, kv, s, steps, rng));
+    for (const Shape& s : shapes) all.push_back(RunShape(*backend, kv, s, steps, rng));
   }
 
-  const auto load_start = std::chrono::steady_clock::now();
-  const std::unique_ptr<WeightSource> weights = MakeRandomWeights(config, 1);
-  std::unique_ptr<CudaBackend> backend = Check(LoadCudaBackend(config, *weights, pool, options));
-  const double load_s =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
-  Check(backend->FillKvCacheRandom(7));
-  const double kv_pool_gb = 4.0 * config.num_layers * config.kv_width() *
-                            static_cast<double>(pool.num_blocks) * kBlockSize / 1e9;
-  std::printf(
-      "llama-3.1-8b shape, random %s weights, fp16 KV pool %.1f GB (%d blocks of %d), "
-      "CUDA graphs %s; load %.1f s; %d warm-up + %d timed steps per row\n",
-      options.dtype == DType::kF16 ? "f16" : "bf16", kv_pool_gb, pool.num_blocks, kBlockSize,
-      options.cuda_graphs ? "on" : "off", load_s, kWarmup, steps);
-
-  std::mt19937_64 rng(11);
-  std::vector<Result> short_results, results;
-  for (const Shape& s : short_shapes) short_results.push_back(RunShape(*backend, s, steps, rng));
-  for (const Shape& s : shapes) results.push_back(RunShape(*backend, s, steps, rng));
-
-  std::printf("\n%5s %7s %9s %9s %9s %9s %7s %8s %7s %8s %8s %9s %8s\n", "batch", "context",
-              "device_ms", "wall_ms", "tok/s", "tok/s_wall", "GB/step", "GB/s", "%4.3T", "w_GB/s",
-              "kv_GB/s", "gpt-fast", "speedup");
-  auto weight_ms = [&](int batch) {
-    for (const Result& r : short_results) {
-      if (r.shape.batch == batch) return r.device_ms;
+  std::printf("\n%-9s %5s %7s %9s %9s %9s %9s %7s %8s %7s %8s %8s %9s %8s %8s\n", "kv", "batch",
+              "context", "device_ms", "wall_ms", "tok/s", "tok/s_wall", "GB/step", "GB/s", "%4.3T",
+              "w_GB/s", "kv_GB/s", "gpt-fast", "speedup", "vs_dense");
+  auto find = [&](const std::string& kv, int batch, int context) -> const Result* {
+    for (const Result& r : all) {
+      if (r.kv == kv && r.shape.batch == batch && r.shape.context == context) return &r;
     }
-    return 0.0;
+    return nullptr;
   };
-  std::vector<Result> all = short_results;
-  all.insert(all.end(), results.begin(), results.end());
   // A number, or "-" where the row has none.
   auto cell = [](bool has, double v, const char* format) {
     char buf[32] = "-";
@@ -188,21 +284,27 @@ int Main(int argc, char** argv) {
   for (const Result& r : all) {
     const double gb = r.weight_gb + r.kv_gb;
     const double gbps = gb / (r.device_ms * 1e-3);
-    const double w_ms = weight_ms(r.shape.batch);
+    const Result* short_run = find(r.kv, r.shape.batch, kShortContext);
+    const double w_ms = short_run != nullptr ? short_run->device_ms : 0.0;
     const bool long_ctx = r.shape.context > kShortContext;
     const bool has_ref = r.shape.gpt_fast_tok_s > 0;
     const double tok_s = r.shape.batch / (r.device_ms * 1e-3);
-    std::printf("%5d %7d %9.2f %9.2f %9.1f %9.1f %7.1f %8.0f %6.1f%% %8.0f %8s %9s %8s\n",
-                r.shape.batch, r.shape.context, r.device_ms, r.wall_ms, tok_s,
-                r.shape.batch / (r.wall_ms * 1e-3), gb, gbps, 100.0 * gbps / kPeakGBps,
-                r.weight_gb / (w_ms * 1e-3),
-                cell(long_ctx, r.kv_gb / ((r.device_ms - w_ms) * 1e-3), "%.0f").c_str(),
-                cell(has_ref, r.shape.gpt_fast_tok_s, "%.1f").c_str(),
-                cell(has_ref, tok_s / r.shape.gpt_fast_tok_s, "%.2fx").c_str());
+    const Result* dense = find("dense", r.shape.batch, r.shape.context);
+    std::printf(
+        "%-9s %5d %7d %9.2f %9.2f %9.1f %9.1f %7.2f %8.0f %6.1f%% %8.0f %8s %9s %8s %8s\n",
+        r.kv.c_str(), r.shape.batch, r.shape.context, r.device_ms, r.wall_ms, tok_s,
+        r.shape.batch / (r.wall_ms * 1e-3), gb, gbps, 100.0 * gbps / kPeakGBps,
+        r.weight_gb / (w_ms * 1e-3),
+        cell(long_ctx, r.kv_gb / ((r.device_ms - w_ms) * 1e-3), "%.0f").c_str(),
+        cell(has_ref, r.shape.gpt_fast_tok_s, "%.1f").c_str(),
+        cell(has_ref, tok_s / r.shape.gpt_fast_tok_s, "%.2fx").c_str(),
+        cell(dense != nullptr, dense != nullptr ? dense->device_ms / r.device_ms : 0.0, "%.2fx")
+            .c_str());
   }
   std::printf(
-      "(w_GB/s: weight bytes over the short-context step of that batch; kv_GB/s: KV bytes "
-      "over the rest of the step)\n");
+      "(w_GB/s: weight bytes over the short-context step of that format and batch; kv_GB/s: KV "
+      "bytes read over the rest of the step; vs_dense: device time of the dense row over this "
+      "one)\n");
 
   if (json_path != nullptr) {
     FILE* f = std::fopen(json_path, "w");
@@ -218,10 +320,10 @@ int Main(int argc, char** argv) {
     for (size_t i = 0; i < all.size(); ++i) {
       const Result& r = all[i];
       std::fprintf(f,
-                   "  {\"batch\": %d, \"context\": %d, \"device_ms\": %.3f, \"wall_ms\": %.3f, "
-                   "\"tok_s\": %.2f, \"tok_s_wall\": %.2f, \"weight_gb\": %.3f, \"kv_gb\": %.3f, "
-                   "\"gpt_fast_tok_s\": %.1f}%s\n",
-                   r.shape.batch, r.shape.context, r.device_ms, r.wall_ms,
+                   "  {\"kv\": \"%s\", \"batch\": %d, \"context\": %d, \"device_ms\": %.3f, "
+                   "\"wall_ms\": %.3f, \"tok_s\": %.2f, \"tok_s_wall\": %.2f, "
+                   "\"weight_gb\": %.3f, \"kv_gb\": %.3f, \"gpt_fast_tok_s\": %.1f}%s\n",
+                   r.kv.c_str(), r.shape.batch, r.shape.context, r.device_ms, r.wall_ms,
                    r.shape.batch / (r.device_ms * 1e-3), r.shape.batch / (r.wall_ms * 1e-3),
                    r.weight_gb, r.kv_gb, r.shape.gpt_fast_tok_s, i + 1 < all.size() ? "," : "");
     }

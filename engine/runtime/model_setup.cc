@@ -111,7 +111,9 @@ absl::StatusOr<LoadedModel> LoadModel(const EngineConfig& config) {
     }
   }
   if (config.backend == "cuda") {
-    auto backend = LoadCudaBackend(m.config, *weights, m.pool);
+    CudaBackendOptions cuda_options;
+    cuda_options.sals_basis = std::move(options.basis);
+    auto backend = LoadCudaBackend(m.config, *weights, m.pool, cuda_options);
     if (!backend.ok()) return backend.status();
     m.backend = std::move(*backend);
     return m;

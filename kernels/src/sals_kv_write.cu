@@ -67,6 +67,82 @@ __global__ void __launch_bounds__(kLatentThreads)
   }
 }
 
+// The same projection for a decode step's few tokens (at most kFewTokens): the tiled kernel would
+// run rank / 32 blocks, each walking all D key dims alone. Here a block owns 8 latent dims and
+// its warps split D: lane l of warp w reads row i of U (8 dims, 16 bytes) and key dim i of every
+// token for the rows i = w * rows_per_warp + l + 32 m, accumulating [tokens x 8] in fp32; the
+// warps' sums meet in shared memory.
+constexpr int kFewTokens = 8;
+constexpr int kFewThreads = 256;
+constexpr int kFewWarps = kFewThreads / 32;
+
+template <typename T>
+__global__ void __launch_bounds__(kFewThreads)
+    FewTokensLatentKernel(const T* __restrict__ k_pre, int64_t src_row_stride, int num_tokens,
+                          const int64_t* __restrict__ slots, const __half* __restrict__ basis,
+                          int64_t basis_stride, int width, int rank, __half* __restrict__ latent) {
+  __shared__ float partial[kFewWarps][kFewTokens * 8];
+  const int j0 = blockIdx.x * 8;
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const bool full_row = j0 + 8 <= rank && basis_stride % 8 == 0;
+  float acc[kFewTokens][8] = {};
+  for (int i = warp * 32 + lane; i < width; i += kFewThreads) {
+    float u[8];
+    const __half* row = basis + static_cast<int64_t>(i) * basis_stride + j0;
+    if (full_row) {
+      const uint4 raw = *reinterpret_cast<const uint4*>(row);
+      const __half2* h = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const float2 f = __half22float2(h[c]);
+        u[2 * c] = f.x;
+        u[2 * c + 1] = f.y;
+      }
+    } else {
+#pragma unroll
+      for (int c = 0; c < 8; ++c) u[c] = j0 + c < rank ? __half2float(row[c]) : 0.0f;
+    }
+#pragma unroll
+    for (int t = 0; t < kFewTokens; ++t) {
+      const float k = t < num_tokens ? ToFloat(k_pre[t * src_row_stride + i]) : 0.0f;
+#pragma unroll
+      for (int c = 0; c < 8; ++c) acc[t][c] = fmaf(u[c], k, acc[t][c]);
+    }
+  }
+  // Warp sums: each lane ends up owning 2 of the 64 values (a reduce-scatter), then shared memory.
+  float v[kFewTokens * 8];
+#pragma unroll
+  for (int t = 0; t < kFewTokens; ++t) {
+#pragma unroll
+    for (int c = 0; c < 8; ++c) v[t * 8 + c] = acc[t][c];
+  }
+#pragma unroll
+  for (int half = kFewTokens * 4, off = 16; off >= 1; half /= 2, off /= 2) {
+    const bool up = (lane & off) != 0;
+#pragma unroll
+    for (int e = 0; e < half; ++e) {
+      const float keep = up ? v[e + half] : v[e];
+      const float send = up ? v[e] : v[e + half];
+      v[e] = keep + __shfl_xor_sync(0xffffffffu, send, off);
+    }
+  }
+  // Halving at offsets 16, 8, 4, 2, 1 leaves lane l the sums of values 2 l and 2 l + 1.
+  partial[warp][2 * lane] = v[0];
+  partial[warp][2 * lane + 1] = v[1];
+  __syncthreads();
+  if (threadIdx.x < kFewTokens * 8) {
+    const int t = threadIdx.x / 8;
+    const int c = threadIdx.x % 8;
+    float sum = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kFewWarps; ++w) sum += partial[w][threadIdx.x];
+    if (t < num_tokens && j0 + c < rank && slots[t] >= 0) {
+      latent[slots[t] * rank + j0 + c] = __float2half_rn(sum);
+    }
+  }
+}
+
 // sals::QuantizeValues on one group per thread, operation by operation in fp32 (the __f*_rn
 // intrinsics keep the compiler from fusing a multiply and an add, which the reference does not).
 template <typename T>
@@ -202,11 +278,18 @@ absl::Status SalsWriteLatentValues(DType src_dtype, const SalsKvCache& cache, co
       ValidateWrite("SalsWriteLatentValues", cache, src_row_stride, num_tokens));
   if (num_tokens == 0) return absl::OkStatus();
   return DispatchActivation(src_dtype, "SalsWriteLatentValues", [&]<typename T>(T) {
-    const dim3 grid(CeilDiv(cache.rank, kLatentTile), CeilDiv(num_tokens, kLatentTile));
-    LatentKernel<T><<<grid, kLatentThreads, 0, stream>>>(
-        static_cast<const T*>(k_pre), src_row_stride, num_tokens, slots, cache.basis,
-        cache.basis_stride, cache.width(), cache.rank, cache.latent);
-    SALS_KERNELS_RETURN_IF_ERROR(LastLaunchStatus("LatentKernel"));
+    if (num_tokens <= kFewTokens) {
+      FewTokensLatentKernel<T><<<CeilDiv(cache.rank, 8), kFewThreads, 0, stream>>>(
+          static_cast<const T*>(k_pre), src_row_stride, static_cast<int>(num_tokens), slots,
+          cache.basis, cache.basis_stride, cache.width(), cache.rank, cache.latent);
+      SALS_KERNELS_RETURN_IF_ERROR(LastLaunchStatus("FewTokensLatentKernel"));
+    } else {
+      const dim3 grid(CeilDiv(cache.rank, kLatentTile), CeilDiv(num_tokens, kLatentTile));
+      LatentKernel<T><<<grid, kLatentThreads, 0, stream>>>(
+          static_cast<const T*>(k_pre), src_row_stride, num_tokens, slots, cache.basis,
+          cache.basis_stride, cache.width(), cache.rank, cache.latent);
+      SALS_KERNELS_RETURN_IF_ERROR(LastLaunchStatus("LatentKernel"));
+    }
     if (cache.value_bits == 16) {
       CopyRowsKernel<T><<<num_tokens, 256, 0, stream>>>(
           static_cast<const T*>(v), nullptr, src_row_stride, cache.width(), slots,

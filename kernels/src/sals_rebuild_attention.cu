@@ -531,8 +531,12 @@ absl::Status SalsGemmSparseAttention(DType dtype, const SalsKvCache& cache,
   __half* rebuilt = reinterpret_cast<__half*>(base + ws.rebuilt);
   float* partial_o = reinterpret_cast<float*>(base + ws.partial_o);
   float* partial_lse = reinterpret_cast<float*>(base + ws.partial_lse);
-  if (const cublasStatus_t st = cublasSetStream(blas, stream); st != CUBLAS_STATUS_SUCCESS) {
-    return absl::InternalError(absl::StrCat("cublasSetStream: ", cublasGetStatusString(st)));
+  // cublasSetStream also resets the handle's workspace to the default pool: only when needed.
+  cudaStream_t current = nullptr;
+  if (cublasGetStream(blas, &current) != CUBLAS_STATUS_SUCCESS || current != stream) {
+    if (const cublasStatus_t st = cublasSetStream(blas, stream); st != CUBLAS_STATUS_SUCCESS) {
+      return absl::InternalError(absl::StrCat("cublasSetStream: ", cublasGetStatusString(st)));
+    }
   }
   const int group = plan.num_heads / cache.num_kv_heads;
   const int width = cache.width();

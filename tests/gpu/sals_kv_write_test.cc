@@ -37,12 +37,13 @@ class SalsWriteTest : public ::testing::TestWithParam<WriteCase> {
   void SetUp() override { RequireDevice(); }
 };
 
-TEST_P(SalsWriteTest, MatchesReference) {
-  const WriteCase& p = GetParam();
+// Writes num_tokens tokens (the tiled projection above kFewTokens = 8, the decode-sized one up to
+// it) and checks every output against the reference.
+void CheckWrite(const WriteCase& p, int num_tokens) {
+  SCOPED_TRACE(::testing::Message() << num_tokens << " tokens");
   auto rng = FreshRng();
   const int width = p.num_kv_heads * p.head_dim;
   const int64_t basis_stride = p.rank + 8;  // a basis wider than the stored rank
-  const int num_tokens = 45;
   const int num_slots = 83;
   const int sequences = 5;
   const int sinks = 4;
@@ -69,8 +70,12 @@ TEST_P(SalsWriteTest, MatchesReference) {
   std::iota(exact_rows.begin(), exact_rows.end(), 0);
   std::shuffle(exact_rows.begin(), exact_rows.end(), rng);
   exact_rows.resize(num_tokens);
-  for (int t : {0, 17, 44}) slots[t] = -1;
-  for (int t : {3, 17}) exact_rows[t] = -1;
+  for (int t : {0, 17, 44}) {
+    if (t < num_tokens) slots[t] = -1;
+  }
+  for (int t : {3, 17}) {
+    if (t < num_tokens) exact_rows[t] = -1;
+  }
 
   const Tensor16 basis = RandomTensor(rng, DType::kF16, width * basis_stride, -0.5f, 0.5f);
   const Tensor16 k_pre = RandomTensor(rng, p.dtype, num_tokens * row_stride, -2.0f, 2.0f);
@@ -186,6 +191,10 @@ TEST_P(SalsWriteTest, MatchesReference) {
       ASSERT_EQ(exact_v[r * width + i], want_v) << "row " << r << " dim " << i;
     }
   }
+}
+
+TEST_P(SalsWriteTest, MatchesReference) {
+  for (int num_tokens : {45, 8, 3, 1}) CheckWrite(GetParam(), num_tokens);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, SalsWriteTest,

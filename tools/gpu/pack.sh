@@ -3,14 +3,15 @@
 # .carry/bin (binaries), .carry/lib (every shared library ldd resolves that the GPU machine
 # lacks), .carry/run.sh (runs a command with those libraries), .carry/verify.sh (the full check).
 # The CUDA backend's library goes into .carry/bin, next to the programs that load it.
-# Usage: tools/gpu/pack.sh   (BUILD_DIR=build-cuda by default)
+# Usage: tools/gpu/pack.sh   (BUILD_DIR=build by default, configured Release for sm_90 if new)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-build="${BUILD_DIR:-build-cuda}"
-tests=(kernels_elementwise_test kernels_attention_test cuda_backend_test)
-benches=(bench_decode_attention bench_e2e_decode)
+build="${BUILD_DIR:-build}"
+tests=(kernels_elementwise_test kernels_attention_test kernels_sals_kv_write_test
+  kernels_sals_decode_test kernels_sals_materialize_test cuda_backend_test)
+benches=(bench_decode_attention bench_sals_attention bench_e2e_decode)
 
-[ -f "$build/build.ninja" ] || cmake -S . -B "$build" -G Ninja
+[ -f "$build/build.ninja" ] || cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release
 ninja -C "$build" "${tests[@]}" "${benches[@]}"
 
 rm -rf .carry
@@ -41,6 +42,7 @@ export LD_LIBRARY_PATH="$here/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_L
 exec "$@"
 RUN
 cp tools/gpu/verify.sh .carry/verify.sh
+cp bench/sdpa_reference.py .carry/sdpa_reference.py
 chmod +x .carry/run.sh .carry/verify.sh
 echo "packed: $(ls .carry/bin | wc -l) binaries, $(ls .carry/lib | wc -l) libraries," \
   "$(du -sh .carry | cut -f1)"

@@ -2,9 +2,12 @@
 # The device-side check, run from the repository root on the GPU machine after tools/gpu/pack.sh:
 # device facts, the GPU tests, compute-sanitizer over them, and the benchmarks. Logs and the
 # benchmark JSON go to $OUT (./out when unset); the summary prints last.
-# Usage: .carry/verify.sh [all|kernels|backend]   (all by default)
-#   kernels: the kernel tests, memcheck and racecheck over them, bench_decode_attention;
-#   backend: cuda_backend_test, memcheck over a short part of it, bench_e2e_decode.
+# Usage: .carry/verify.sh [all|kernels|sals|backend|tests]   (all by default)
+#   kernels: the dense kernel tests, memcheck and racecheck over them, bench_decode_attention;
+#   sals: the SALS kernel tests, memcheck over them, torch SDPA (FlashAttention-2, cuDNN) and
+#     bench_sals_attention in the same session (the ratios need both);
+#   backend: cuda_backend_test, memcheck over a short part of it, bench_e2e_decode;
+#   tests: every test binary, no sanitizer, no benchmark.
 set -uo pipefail
 out="${OUT:-out}"
 mode="${1:-all}"
@@ -39,11 +42,20 @@ memcheck() {  # name timeout [gtest args...]
     head -n 5
 }
 
-bench() {  # name timeout
-  timeout "$2" "$run" "$bin/$1" --json "$out/$1.json" >"$out/$1.log" 2>&1
-  summary+=("$1: rc=$?")
-  benches+=("$1")
+bench() {  # name timeout [args...]
+  local name=$1 limit=$2
+  shift 2
+  timeout "$limit" "$run" "$bin/$name" --json "$out/$name.json" "$@" >"$out/$name.log" 2>&1
+  summary+=("$name: rc=$?")
+  benches+=("$name")
 }
+
+if [ "$mode" = tests ]; then
+  for t in kernels_elementwise_test kernels_attention_test kernels_sals_kv_write_test \
+    kernels_sals_decode_test kernels_sals_materialize_test cuda_backend_test; do
+    run_test "$t"
+  done
+fi
 
 if [ "$mode" = all ] || [ "$mode" = kernels ]; then
   run_test kernels_elementwise_test
@@ -57,6 +69,20 @@ if [ "$mode" = all ] || [ "$mode" = kernels ]; then
     >"$out/racecheck.log" 2>&1
   summary+=("racecheck attention: rc=$? $(grep -E 'RACECHECK SUMMARY' "$out/racecheck.log" |
     tail -n 1)")
+fi
+
+if [ "$mode" = all ] || [ "$mode" = sals ]; then
+  run_test kernels_sals_kv_write_test
+  run_test kernels_sals_decode_test
+  run_test kernels_sals_materialize_test
+  memcheck kernels_sals_kv_write_test 100
+  memcheck kernels_sals_decode_test 200 \
+    --gtest_filter='SalsTopK*:*SparseAttention*bf16_kv4_g1_d128_r64*:*WholeStep*f16_kv3_g2_d64*'
+  memcheck kernels_sals_materialize_test 100
+  PYTHONUNBUFFERED=1 timeout 240 python3 "$carry/sdpa_reference.py" --json "$out/sdpa.json" \
+    >"$out/sdpa.log" 2>&1
+  summary+=("sdpa_reference: rc=$?")
+  bench bench_sals_attention 300 --sdpa "$out/sdpa.json"
 fi
 
 if [ "$mode" = all ] || [ "$mode" = backend ]; then

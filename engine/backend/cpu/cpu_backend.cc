@@ -227,7 +227,9 @@ class CpuBackend : public Backend {
       return positions;
     }
     const SelectionPlan plan = PlanSelection(policy, cached);
-    for (int64_t j = 0; j < plan.sink_end; ++j) positions.push_back(j);
+    // sink_end may count the new token (a context shorter than the sink window): it is attended
+    // once, as a new token, not read from the store it is not yet in.
+    for (int64_t j = 0; j < std::min<int64_t>(plan.sink_end, cached); ++j) positions.push_back(j);
     if (plan.topk > 0) {
       // Latent query: the query heads of each GQA group summed (D wide), projected by U^T; only
       // the first score_dims latent dims score.

@@ -13,6 +13,7 @@
 #include "engine/common/dtype.h"
 #include "engine/model/config.h"
 #include "engine/model/weight_source.h"
+#include "engine/sals/basis.h"
 
 namespace sals {
 
@@ -25,6 +26,9 @@ struct CudaBackendOptions {
   int max_graph_batch = 256;
   // Records CUDA events around each step's device work (see LastStepMs).
   bool time_steps = false;
+  // Latent bases; required when the pool's format has SALS layers (rank >= the stored rank), as
+  // CpuBackendOptions::basis. Uploaded as fp16.
+  SalsBasis sals_basis;
 };
 
 class CudaBackend : public Backend {
@@ -33,8 +37,9 @@ class CudaBackend : public Backend {
   // taken on the device, so that only the ids cross to the host.
   virtual absl::Status ForwardGreedy(const ForwardBatch& batch, std::vector<int32_t>* tokens) = 0;
 
-  // Overwrites every K/V element of the pool with random values in [-1, 1): a filled cache
-  // without a prefill, for benchmarks.
+  // Overwrites every K/V element of the pool with random values in [-1, 1) (SALS storage: every
+  // latent, value code, scale, zero and exact row; the bases stay): a filled cache without a
+  // prefill, for benchmarks.
   virtual absl::Status FillKvCacheRandom(uint64_t seed) = 0;
 
   // Device milliseconds of the last Forward/ForwardGreedy, from the upload of its metadata to its
@@ -43,7 +48,7 @@ class CudaBackend : public Backend {
 };
 
 // Bumped whenever this header's types change, so that a stale library is refused at load time.
-inline constexpr int kCudaBackendAbiVersion = 2;
+inline constexpr int kCudaBackendAbiVersion = 3;
 
 }  // namespace sals
 

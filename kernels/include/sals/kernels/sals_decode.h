@@ -114,7 +114,8 @@ absl::Status SalsTopK(const SalsKvCache& cache, const SalsSelectionPolicy& polic
                       const SalsDecodePlan& plan, const float* scores, int32_t* selected,
                       cudaStream_t stream);
 
-// Stage 4 (kGemm plans need `blas`, whose stream this call sets to `stream`; kFused ignores it).
+// Stage 4 (kGemm plans need `blas`, whose stream this call sets to `stream` when it differs;
+// kFused ignores it).
 // q row b (post-RoPE, num_heads x head_dim) at q + b * q_row_stride; the new token's
 // post-RoPE key and value at k_new / v_new + b * kv_row_stride (D values each, not yet in the
 // store); inv_freq: head_dim / 2 floats on the device (RoPE angle = float(pos) * inv_freq[i] in
