@@ -1,0 +1,48 @@
+// A run's load shape and what it produced: the load generator's shared vocabulary (no gRPC).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "loadtest/request_record.h"
+
+namespace sals::loadtest {
+
+// One measured run's load shape.
+struct RunPlan {
+  enum class Mode { kRate, kConcurrency };
+  Mode mode = Mode::kRate;
+  double request_rate = 1.0;  // kRate: mean requests per second (infinity = all at once)
+  double burstiness = 1.0;    // kRate: gamma shape (1 = Poisson)
+  int concurrency = 1;        // kConcurrency: requests kept in flight
+  int max_concurrency = 0;    // kRate: at most this many in flight (0 = no cap)
+  int64_t num_requests = 0;   // stop sending after this many (0 = no bound)
+  double duration_s = 0;      // stop sending after this long (0 = no bound)
+  uint64_t seed = 0;
+
+  // "rate 4/s", "rate 4/s gamma 0.5", "concurrency 8".
+  std::string Label() const;
+};
+
+struct RunResult {
+  RunPlan plan;
+  int64_t sent = 0;                    // requests started
+  std::vector<RequestRecord> records;  // in completion order, one per request sent
+  double wall_s = 0;                   // first send to the last stream's end
+  int peak_in_flight = 0;
+  bool interrupted = false;  // stopped early by a signal
+};
+
+// Live counts for the progress line (read from another thread).
+struct LiveCounters {
+  std::atomic<int64_t> sent{0};
+  std::atomic<int64_t> done{0};
+  std::atomic<int64_t> failed{0};
+  std::atomic<int64_t> output_tokens{0};
+  std::atomic<int64_t> in_flight{0};
+  void Reset() { sent = done = failed = output_tokens = in_flight = 0; }
+};
+
+}  // namespace sals::loadtest
