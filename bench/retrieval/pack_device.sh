@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Stages sals-retrieval, its shared libraries, a model and a case file in one folder for the GPU
+# machine (device tool; tools/gpu/README.md), where 16 CPU cores (--backend cpu) or the H200
+# (--backend cuda) run a larger benchmark than a development machine can.
+#
+#   bench/retrieval/pack_device.sh MODEL_DIR CASES.jsonl [CARRY_DIR]
+#   run(command="bash CARRY_DIR/run.sh --backend cuda --threads 16", carry=["CARRY_DIR"])
+#
+# CARRY_DIR defaults to $BUILD_DIR/retrieval-carry (git-ignored; BUILD_DIR defaults to build).
+# run.sh passes its arguments on to sals-retrieval, with --model, --cases and --json
+# $OUT/retrieval.json set. A model inside the working tree travels with it and is not copied. The CUDA backend's library travels when BUILD_DIR has one (or
+# CUDA_BACKEND names it).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+[ $# -ge 2 ] || { sed -n 2,12p "$0"; exit 2; }
+model="$1"
+cases="$2"
+carry="${3:-$build/retrieval-carry}"
+build="${BUILD_DIR:-build}"
+bin="$build/bench/retrieval/sals-retrieval"
+[ -x "$bin" ] || { echo "no $bin: build it first (cmake --build $build --target sals-retrieval)" >&2; exit 1; }
+[ -f "$model/config.json" ] || { echo "$model: not a model directory" >&2; exit 1; }
+[ -f "$cases" ] || { echo "$cases: no such file" >&2; exit 1; }
+
+rm -rf "$carry"
+mkdir -p "$carry/bin" "$carry/lib"
+cp "$bin" "$carry/bin/"
+cuda_lib="${CUDA_BACKEND:-$build/engine/backend/cuda/libsals_backend_cuda.so}"
+[ -f "$cuda_lib" ] && cp "$cuda_lib" "$carry/bin/"
+strip --strip-unneeded "$carry"/bin/*  # the working tree and the carry share 64 MiB
+# A model in the working tree (not git-ignored) travels with it: refer to it, don't copy it.
+model_abs="$(realpath "$model")"
+if [[ "$model_abs" == "$PWD"/* ]] && ! git check-ignore -q "$model_abs"; then
+  model_arg="${model_abs#"$PWD"/}"
+else
+  mkdir -p "$carry/model"
+  cp -L "$model"/* "$carry/model/"
+  model_arg="model"
+fi
+cp "$cases" "$carry/cases.jsonl"
+
+# As tools/gpu/pack.sh: the GPU machine has glibc, libstdc++, libgcc_s, libz, libssl and CUDA;
+# also protobuf 3.21 (libprotobuf.so.32, as Debian 12's), left behind to save 3 MB.
+for b in "$carry"/bin/*; do ldd "$b"; done | awk '$2 == "=>" && $3 ~ /^\// {print $3}' |
+  sort -u | while read -r lib; do
+    case "$(basename "$lib")" in
+      ld-linux* | libc.so* | libm.so* | libmvec.so* | libpthread.so* | libdl.so* | librt.so* | \
+        libresolv.so* | libutil.so* | libstdc++.so* | libgcc_s.so* | libz.so* | libssl.so* | \
+        libcrypto.so* | libcuda.so* | libcudart.so* | libcublas* | libnvrtc* | libnvJitLink* | \
+        libprotobuf.so.32) ;;
+      *) cp -L "$lib" "$carry/lib/" ;;
+    esac
+  done
+
+cat > "$carry/run.sh" <<RUN
+#!/usr/bin/env bash
+# sals-retrieval on the carried cases; JSON and log in \$OUT (or here without \$OUT). Run from the
+# repository root (a model in the working tree is named relative to it).
+set -euo pipefail
+here="\$(cd "\$(dirname "\$0")" && pwd)"
+out="\${OUT:-\$here}"
+model="$model_arg"
+[ "\$model" = model ] && model="\$here/model"
+export LD_LIBRARY_PATH="\$here/lib:/usr/local/cuda/lib64\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
+"\$here/bin/sals-retrieval" --model "\$model" --cases "\$here/cases.jsonl" \\
+  --json "\$out/retrieval.json" "\$@" 2>&1 | tee "\$out/retrieval.log"
+RUN
+chmod +x "$carry/run.sh"
+echo "packed $carry: $(du -sh "$carry" | cut -f1) ($(ls "$carry/lib" | wc -l) libraries)"
