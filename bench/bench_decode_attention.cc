@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_check.h"
 #include "sals/kernels/attention.h"
 #include "sals/kernels/cuda_utils.h"
 
@@ -29,21 +30,7 @@ constexpr int kRuns = 30;
 // (50 MB) several times over.
 constexpr size_t kRotationBytes = size_t{256} << 20;
 
-template <typename T>
-T Check(absl::StatusOr<T> v) {
-  if (!v.ok()) {
-    std::fprintf(stderr, "%s\n", v.status().ToString().c_str());
-    std::exit(1);
-  }
-  return *std::move(v);
-}
-
-void Check(const absl::Status& s) {
-  if (!s.ok()) {
-    std::fprintf(stderr, "%s\n", s.ToString().c_str());
-    std::exit(1);
-  }
-}
+using bench::Check;
 
 struct Result {
   std::string attn;

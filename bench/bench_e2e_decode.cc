@@ -29,6 +29,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_split.h"
+#include "bench/bench_check.h"
 #include "engine/backend/cuda_loader.h"
 #include "engine/kv/kv_format.h"
 #include "engine/model/config.h"
@@ -57,21 +58,7 @@ struct Result {
   double weight_gb, kv_gb;  // bytes read per step
 };
 
-template <typename T>
-T Check(absl::StatusOr<T> v) {
-  if (!v.ok()) {
-    std::fprintf(stderr, "%s\n", v.status().ToString().c_str());
-    std::exit(1);
-  }
-  return *std::move(v);
-}
-
-void Check(const absl::Status& s) {
-  if (!s.ok()) {
-    std::fprintf(stderr, "%s\n", s.ToString().c_str());
-    std::exit(1);
-  }
-}
+using bench::Check;
 
 double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());

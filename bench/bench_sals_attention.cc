@@ -29,6 +29,7 @@
 #include <utility>
 #include <vector>
 
+#include "bench/bench_check.h"
 #include "nlohmann/json.hpp"
 #include "sals/kernels/attention.h"
 #include "sals/kernels/cuda_utils.h"
@@ -52,21 +53,7 @@ constexpr int kRuns = 30;
 // exceed the L2 (50 MB) several times.
 constexpr double kRotationBytes = 256.0 * (1 << 20);
 
-template <typename T>
-T Check(absl::StatusOr<T> v) {
-  if (!v.ok()) {
-    std::fprintf(stderr, "%s\n", v.status().ToString().c_str());
-    std::exit(1);
-  }
-  return *std::move(v);
-}
-
-void Check(const absl::Status& s) {
-  if (!s.ok()) {
-    std::fprintf(stderr, "%s\n", s.ToString().c_str());
-    std::exit(1);
-  }
-}
+using bench::Check;
 
 // Owns an instantiated CUDA graph captured from a stream.
 class Graph {
