@@ -5,12 +5,14 @@
 
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "engine/kv/kv_format.h"
 #include "engine/model/config.h"
 #include "engine/sals/policy.h"
+#include "engine/sampling/sampler.h"
 
 namespace sals {
 
@@ -63,6 +65,14 @@ class Backend {
   // and returns the requested logits. Errors on malformed batches (block table too short,
   // token id out of range, block id outside the pool) without touching the cache.
   virtual absl::Status Forward(const ForwardBatch& batch, ForwardOutput* out) = 0;
+  // Forward, then one token for each sequence i with rows[i] != nullptr (rows.size() ==
+  // batch.seqs.size()), drawn from the logits of its last new token as SampleRow(*rows[i]) does:
+  // (*results)[i] (left default for the others). `out` gets the step's statistics; its logits
+  // are unspecified. The CPU reference samples on the host; the CUDA backend on the device, so
+  // that no logits cross to the host.
+  virtual absl::Status ForwardSample(const ForwardBatch& batch,
+                                     std::span<const RowSampling* const> rows,
+                                     std::vector<SampleResult>* results, ForwardOutput* out) = 0;
   // Accelerator memory, for backends that have one.
   virtual std::optional<DeviceMemory> device_memory() const { return std::nullopt; }
 };

@@ -305,26 +305,32 @@ void Engine::Step() {
   for (size_t i = 0; i < plan.seqs.size(); ++i) {
     batch_.seqs[i].exact_valid_from = plan.seqs[i].seq->num_prefix_cached_tokens;
   }
-  if (absl::Status s = model_.backend->Forward(batch_, &output_); !s.ok()) return FailAll(s);
+  // Each sampled sequence's draw as data (its RNG advances here), executed by the backend: on
+  // the device for the CUDA backend, so that no logits leave it.
+  sampling_rows_.resize(plan.seqs.size());
+  std::vector<const RowSampling*> rows(plan.seqs.size(), nullptr);
+  for (size_t i = 0; i < plan.seqs.size(); ++i) {
+    const ScheduledSequence& s = plan.seqs[i];
+    if (!s.sample) continue;
+    Request& r = *requests_.at(s.seq->id);
+    sampling_rows_[i] = r.sampler.Prepare(
+        std::span<const int32_t>(s.seq->token_ids).subspan(0, s.seq->num_prompt_tokens),
+        s.seq->output_tokens());
+    rows[i] = &sampling_rows_[i];
+  }
+  std::vector<SampleResult> results;
+  if (absl::Status s = model_.backend->ForwardSample(batch_, rows, &results, &output_); !s.ok()) {
+    return FailAll(s);
+  }
 
-  const int vocab = model_.config.vocab_size;
   std::vector<int32_t> sampled(plan.seqs.size(), -1);
-  std::vector<SampleResult> results(plan.seqs.size());
   StepStats stats;
   for (size_t i = 0; i < plan.seqs.size(); ++i) {
     const ScheduledSequence& s = plan.seqs[i];
     (s.num_tokens == 1 && s.context_len >= s.seq->num_prompt_tokens ? stats.decode_tokens
                                                                     : stats.prefill_tokens) +=
         s.num_tokens;
-    if (!s.sample) continue;
-    Request& r = *requests_.at(s.seq->id);
-    // The row of the slice's last token.
-    const int64_t row = output_.row_begin[i] + (batch_.seqs[i].all_logits ? s.num_tokens - 1 : 0);
-    results[i] = r.sampler.Sample(
-        std::span<float>(output_.logits.data() + row * vocab, vocab),
-        std::span<const int32_t>(s.seq->token_ids).subspan(0, s.seq->num_prompt_tokens),
-        s.seq->output_tokens());
-    sampled[i] = results[i].token;
+    if (s.sample) sampled[i] = results[i].token;
   }
   if (absl::Status s = scheduler_->Postprocess(plan, sampled); !s.ok()) return FailAll(s);
   for (size_t i = 0; i < plan.seqs.size(); ++i) {

@@ -100,6 +100,7 @@ class Engine {
   absl::flat_hash_map<uint64_t, std::unique_ptr<Request>> requests_;  // by sequence id
   ForwardBatch batch_;
   ForwardOutput output_;
+  std::vector<RowSampling> sampling_rows_;  // this step's draws (reused across steps)
   std::thread loop_;
 };
 

@@ -11,6 +11,7 @@
 #include <limits>
 
 #include "Eigen/Core"
+#include "absl/container/flat_hash_map.h"
 
 namespace sals {
 namespace {
@@ -49,14 +50,6 @@ inline float PortableExp(float s) {
   p = p * r * r + r + 1.0f;
   const float two_n = std::bit_cast<float>((n + 127) << 23);
   return s < kMinLogWeight ? 0.0f : p * two_n;
-}
-
-// Per-thread scratch sized to the vocab, so a batch of 128K-vocab sequences shares one buffer
-// per sampling thread instead of holding one each.
-std::vector<int32_t>& TokenCounts(size_t vocab) {
-  thread_local std::vector<int32_t> counts;  // all zero between calls (users restore it)
-  if (counts.size() < vocab) counts.resize(vocab, 0);
-  return counts;
 }
 
 std::vector<float>& WeightScratch() {
@@ -170,18 +163,25 @@ TopPCut FindTopPCut(const BucketMass& mass, float top_p) {
   return cut;
 }
 
+bool ById(const Candidate& a, const Candidate& b) { return a.id < b.id; }
+
 // Keeps the candidates of buckets before the cut, plus those of the cut's bucket, in Before
-// order, while the mass ahead of them is below the target.
+// order, while the mass ahead of them is below the target. `c` arrives in id order and leaves in
+// id order (the order draws walk, as on the device): the partitions are stable, and the kept part
+// of the cut's bucket is merged back.
 template <typename BucketOf>
 void TrimAtTopPCut(const TopPCut& cut, BucketOf bucket_of, std::vector<Candidate>* c) {
-  auto at_cut = std::partition(c->begin(), c->end(),
-                               [&](const Candidate& x) { return bucket_of(x) < cut.bucket; });
-  auto after_cut = std::partition(at_cut, c->end(),
-                                  [&](const Candidate& x) { return bucket_of(x) == cut.bucket; });
+  auto at_cut = std::stable_partition(
+      c->begin(), c->end(), [&](const Candidate& x) { return bucket_of(x) < cut.bucket; });
+  auto after_cut = std::stable_partition(
+      at_cut, c->end(), [&](const Candidate& x) { return bucket_of(x) == cut.bucket; });
   std::sort(at_cut, after_cut, Before);
   double ahead = cut.ahead;
-  for (; at_cut != after_cut && ahead < cut.target; ++at_cut) ahead += at_cut->weight;
-  c->erase(at_cut, c->end());
+  auto kept_end = at_cut;
+  for (; kept_end != after_cut && ahead < cut.target; ++kept_end) ahead += kept_end->weight;
+  std::sort(at_cut, kept_end, ById);
+  std::inplace_merge(c->begin(), at_cut, kept_end, ById);
+  c->erase(kept_end, c->end());
 }
 
 // Draws an index of `weights` in proportion to them. Walks block sums first, so only one block
@@ -222,40 +222,34 @@ void SanitizeLogits(std::span<float> logits) {
   for (float& l : logits) l = std::isnan(l) ? kNegInf : l;  // branch-free: vectorizes
 }
 
-void ApplyRepetitionPenalty(std::span<float> logits, std::span<const int32_t> prompt,
-                            std::span<const int32_t> output, float penalty) {
-  if (penalty == 1.0f) return;
-  // seen[t] marks "already penalized" so a token repeated N times is penalized once; only the
-  // touched entries are reset, keeping this O(prompt + output) rather than O(vocab).
-  std::vector<int32_t>& seen = TokenCounts(logits.size());
-  auto apply = [&](int32_t t) {
-    if (!InVocab(t, logits.size()) || seen[t] != 0) return;
-    seen[t] = 1;
-    float& l = logits[t];
-    l = l > 0.0f ? l / penalty : l * penalty;
+std::vector<PenaltyToken> CollectPenaltyTokens(std::span<const int32_t> prompt,
+                                               std::span<const int32_t> output,
+                                               bool include_prompt) {
+  std::vector<PenaltyToken> tokens;
+  absl::flat_hash_map<int32_t, size_t> index;
+  auto add = [&](int32_t t, int32_t count) {
+    auto [it, inserted] = index.try_emplace(t, tokens.size());
+    if (inserted) tokens.push_back(PenaltyToken{t, 0});
+    tokens[it->second].output_count += count;
   };
-  for (int32_t t : prompt) apply(t);
-  for (int32_t t : output) apply(t);
-  for (std::span<const int32_t> tokens : {prompt, output}) {
-    for (int32_t t : tokens) {
-      if (InVocab(t, logits.size())) seen[t] = 0;
-    }
+  if (include_prompt) {
+    for (int32_t t : prompt) add(t, 0);
   }
+  for (int32_t t : output) add(t, 1);
+  return tokens;
 }
 
-void ApplyFrequencyPresencePenalties(std::span<float> logits, std::span<const int32_t> output,
-                                     float frequency_penalty, float presence_penalty) {
-  if (frequency_penalty == 0.0f && presence_penalty == 0.0f) return;
-  std::vector<int32_t>& counts = TokenCounts(logits.size());
-  for (int32_t t : output) {
-    if (InVocab(t, logits.size())) ++counts[t];
-  }
-  for (int32_t t : output) {
-    if (!InVocab(t, logits.size()) || counts[t] == 0) continue;  // 0: done already
-    // Two subtractions, as vLLM's `logits -= freq * counts; logits -= pres * mask`.
-    logits[t] -= frequency_penalty * static_cast<float>(counts[t]);
-    logits[t] -= presence_penalty;
-    counts[t] = 0;
+void ApplyPenalties(std::span<float> logits, std::span<const PenaltyToken> tokens, float repetition,
+                    float frequency, float presence) {
+  const bool freq_pres = frequency != 0.0f || presence != 0.0f;
+  for (const PenaltyToken& e : tokens) {
+    if (!InVocab(e.token, logits.size())) continue;
+    float& l = logits[e.token];
+    if (repetition != 1.0f) l = l > 0.0f ? l / repetition : l * repetition;
+    if (e.output_count > 0 && freq_pres) {
+      l -= frequency * static_cast<float>(e.output_count);
+      l -= presence;
+    }
   }
 }
 

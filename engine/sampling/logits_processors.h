@@ -16,13 +16,19 @@ namespace sals {
 // expects a sanitized row.
 void SanitizeLogits(std::span<float> logits);
 
-// Each distinct token of prompt + output once: logit > 0 -> logit / penalty, else * penalty.
-void ApplyRepetitionPenalty(std::span<float> logits, std::span<const int32_t> prompt,
-                            std::span<const int32_t> output, float penalty);
+// The tokens a row's penalties touch, each once in order of first occurrence: every distinct
+// token of `output` with its count there, and with `include_prompt` also the prompt's other
+// distinct tokens (count 0). Ids outside [0, vocab) are kept (ApplyPenalties skips them).
+std::vector<PenaltyToken> CollectPenaltyTokens(std::span<const int32_t> prompt,
+                                               std::span<const int32_t> output,
+                                               bool include_prompt);
 
-// For each distinct output token t with count c: logit -= frequency * c; logit -= presence.
-void ApplyFrequencyPresencePenalties(std::span<float> logits, std::span<const int32_t> output,
-                                     float frequency_penalty, float presence_penalty);
+// For each entry (distinct tokens) in vocab: the repetition penalty (logit > 0 -> logit /
+// repetition, else * repetition; 1 = off), then for entries with output_count c > 0:
+// logit -= frequency * c; logit -= presence (two subtractions, as vLLM's). Per token these are
+// the vLLM steps in vLLM's order: repetition over prompt + output, then frequency/presence.
+void ApplyPenalties(std::span<float> logits, std::span<const PenaltyToken> tokens, float repetition,
+                    float frequency, float presence);
 
 // Index of the largest logit, lowest id on ties (as torch.argmax); 0 for an all -inf (or empty)
 // row.
@@ -46,8 +52,9 @@ struct Candidate {
   float weight;
 };
 
-// The tokens that survive temperature + top-k + top-p + min-p, each with a weight > 0, in an
-// unspecified order. `logits` must be sanitized. Empty iff every logit is -inf.
+// The tokens that survive temperature + top-k + top-p + min-p, each with a weight > 0, in
+// ascending id order (the order SampleCandidate walks; the device sampler walks the same). `logits`
+// must be sanitized. Empty iff every logit is -inf.
 void SelectCandidates(std::span<const float> logits, const CandidateFilter& filter,
                       std::vector<Candidate>* out);
 

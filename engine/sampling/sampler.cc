@@ -52,38 +52,81 @@ SequenceSampler::SequenceSampler(const SamplingParams& params, uint64_t fallback
   }
 }
 
-SampleResult SequenceSampler::Sample(std::span<float> logits, std::span<const int32_t> prompt,
-                                     std::span<const int32_t> output) {
+SampleResult SampleRow(std::span<float> logits, const RowSampling& row) {
   SampleResult result;
   if (logits.empty()) return result;
   SanitizeLogits(logits);
 
   // Raw logprobs need the logits from before the penalties; copy only when both are in play.
-  const bool penalize = params_.repetition_penalty != 1.0f || params_.frequency_penalty != 0.0f ||
-                        params_.presence_penalty != 0.0f;
+  const bool penalize = !row.penalties.empty();
   std::span<const float> raw = logits;
-  if (params_.logprobs.has_value() && penalize) {
+  if (row.logprobs.has_value() && penalize) {
     thread_local std::vector<float> raw_copy;
     raw_copy.assign(logits.begin(), logits.end());
     raw = raw_copy;
   }
-
-  // vLLM order: repetition, then frequency/presence.
-  ApplyRepetitionPenalty(logits, prompt, output, params_.repetition_penalty);
-  ApplyFrequencyPresencePenalties(logits, output, params_.frequency_penalty,
-                                  params_.presence_penalty);
-
-  if (params_.temperature == 0.0f) {
+  if (penalize) {
+    ApplyPenalties(logits, row.penalties, row.repetition_penalty, row.frequency_penalty,
+                   row.presence_penalty);
+  }
+  if (row.temperature == 0.0f) {
     result.token = GreedyArgmax(logits);
   } else {
-    const double uniform = UniformFromBits(rng_());
-    result.token = SampleToken(
-        logits, CandidateFilter{params_.temperature, params_.top_k, params_.top_p, params_.min_p},
-        uniform);  // all -inf -> 0
+    result.token =
+        SampleToken(logits, CandidateFilter{row.temperature, row.top_k, row.top_p, row.min_p},
+                    row.uniform);  // all -inf -> 0
   }
-
-  if (params_.logprobs.has_value()) ComputeLogprobs(raw, result.token, *params_.logprobs, &result);
+  if (row.logprobs.has_value()) ComputeLogprobs(raw, result.token, *row.logprobs, &result);
   return result;
+}
+
+void SequenceSampler::TrackPenalties(std::span<const int32_t> prompt,
+                                     std::span<const int32_t> output) {
+  const bool repetition = params_.repetition_penalty != 1.0f;
+  if (!repetition && params_.frequency_penalty == 0.0f && params_.presence_penalty == 0.0f) {
+    return;
+  }
+  auto add = [&](int32_t t, int32_t count) {
+    auto [it, inserted] = penalty_index_.try_emplace(t, penalties_.size());
+    if (inserted) penalties_.push_back(PenaltyToken{t, 0});
+    penalties_[it->second].output_count += count;
+  };
+  if (prompt.data() != prompt_data_ || prompt.size() != prompt_size_ ||
+      output.data() != output_data_ || output.size() < output_seen_) {
+    penalties_.clear();
+    penalty_index_.clear();
+    prompt_data_ = prompt.data();
+    prompt_size_ = prompt.size();
+    output_data_ = output.data();
+    output_seen_ = 0;
+    if (repetition) {
+      for (int32_t t : prompt) add(t, 0);
+    }
+  }
+  for (size_t i = output_seen_; i < output.size(); ++i) add(output[i], 1);
+  output_seen_ = output.size();
+}
+
+RowSampling SequenceSampler::Prepare(std::span<const int32_t> prompt,
+                                     std::span<const int32_t> output) {
+  RowSampling row;
+  row.temperature = params_.temperature;
+  row.top_k = params_.top_k;
+  row.top_p = params_.top_p;
+  row.min_p = params_.min_p;
+  row.repetition_penalty = params_.repetition_penalty;
+  row.frequency_penalty = params_.frequency_penalty;
+  row.presence_penalty = params_.presence_penalty;
+  row.logprobs = params_.logprobs;
+  if (params_.temperature != 0.0f) row.uniform = UniformFromBits(rng_());
+  TrackPenalties(prompt, output);
+  row.penalties = penalties_;
+  return row;
+}
+
+SampleResult SequenceSampler::Sample(std::span<float> logits, std::span<const int32_t> prompt,
+                                     std::span<const int32_t> output) {
+  return SampleRow(logits, Prepare(prompt, output));
 }
 
 }  // namespace sals

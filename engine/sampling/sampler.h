@@ -33,6 +33,7 @@
 #include <span>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 
 namespace sals {
@@ -73,6 +74,34 @@ struct SampleResult {
   std::vector<TokenLogprob> top;
 };
 
+// A token a row's penalties touch (see CollectPenaltyTokens): a distinct token of the prompt
+// or output, with its count in the output.
+struct PenaltyToken {
+  int32_t token = 0;
+  int32_t output_count = 0;
+};
+
+// One sequence's token choice for one step as plain data, so that any backend can carry it out:
+// the host reference (SampleRow) or a device sampler (the CUDA backend's). Made by
+// SequenceSampler::Prepare.
+struct RowSampling {
+  float temperature = 0.0f;  // 0 = greedy; otherwise >= kMinTemperature
+  int top_k = 0;
+  float top_p = 1.0f;
+  float min_p = 0.0f;
+  float repetition_penalty = 1.0f;
+  float frequency_penalty = 0.0f;
+  float presence_penalty = 0.0f;
+  double uniform = 0.0;  // the sequence's draw in [0, 1); unused when greedy
+  std::optional<int> logprobs;
+  // Distinct tokens; prompt-only ones (count 0) are listed only while repetition_penalty != 1,
+  // and the list is empty when no penalty is on.
+  std::vector<PenaltyToken> penalties;
+};
+
+// Steps 1-5 above for `row` on one row of logits, modified in place as Sample's.
+SampleResult SampleRow(std::span<float> logits, const RowSampling& row);
+
 // One per sequence: owns the sequence's RNG so a seeded request is reproducible whatever else
 // is batched with it. Each non-greedy Sample consumes exactly one 64-bit draw; greedy consumes
 // none. The draw is turned into a double by hand (std::*_distribution is
@@ -89,12 +118,28 @@ class SequenceSampler {
   SampleResult Sample(std::span<float> logits, std::span<const int32_t> prompt,
                       std::span<const int32_t> output);
 
+  // What Sample would do next, as data (consumes the draw Sample would): Sample(logits, prompt,
+  // output) == SampleRow(logits, Prepare(prompt, output)). The penalty list is kept up to date
+  // incrementally while successive calls pass the same prompt and a growing output (as the
+  // engine's do) and rebuilt otherwise.
+  RowSampling Prepare(std::span<const int32_t> prompt, std::span<const int32_t> output);
+
   // The params in effect (temperature raised to kMinTemperature where needed).
   const SamplingParams& params() const { return params_; }
 
  private:
+  void TrackPenalties(std::span<const int32_t> prompt, std::span<const int32_t> output);
+
   SamplingParams params_;
   std::mt19937_64 rng_;
+  // Incremental penalty list (see Prepare): the spans it was built from, and a token -> entry
+  // index.
+  std::vector<PenaltyToken> penalties_;
+  absl::flat_hash_map<int32_t, size_t> penalty_index_;
+  const int32_t* prompt_data_ = nullptr;
+  size_t prompt_size_ = 0;
+  const int32_t* output_data_ = nullptr;
+  size_t output_seen_ = 0;
 };
 
 }  // namespace sals

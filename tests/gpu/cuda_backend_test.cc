@@ -23,6 +23,8 @@
 #include "engine/kv/kv_format.h"
 #include "engine/sals/basis.h"
 #include "engine/sals/policy.h"
+#include "engine/sampling/logits_processors.h"
+#include "engine/sampling/sampler.h"
 #include "gtest/gtest.h"
 
 namespace sals {
@@ -273,6 +275,94 @@ TEST_P(CudaParityTest, FreeGreedyDecodeMatchesCpu) {
       GetParam().flavour.c_str(), std::string(DTypeName(GetParam().dtype)).c_str(),
       static_cast<size_t>(std::count(diverged.begin(), diverged.end(), false)), n, kDecodeSteps,
       min_margin);
+}
+
+// On-device sampling: each step of a batch of every prompt runs Forward (the logits, to the host)
+// and then ForwardSample on the same batch (which rewrites the same K/V and recomputes the same
+// logits on the device); every sequence's token and logprobs must be those SampleRow draws from
+// the copied logits with the same RowSampling. Parameters rotate over greedy, temperature, top-k,
+// top-p, min-p, penalties and logprobs; the sequences continue on the sampled tokens.
+TEST_P(CudaParityTest, ForwardSampleMatchesHostSamplingOfTheSameLogits) {
+  const int vocab = model_.config.vocab_size;
+  const KvPoolConfig pool = Pool(PoolBlocks(16), 16);
+  auto gpu = Cuda(model_, pool, GetParam().dtype);
+  ASSERT_NE(gpu, nullptr);
+  const auto tables = Tables(16);
+  const size_t n = prompts_.size();
+  ForwardBatch batch;
+  std::vector<std::vector<int32_t>> outputs(n);
+  for (size_t i = 0; i < n; ++i) {
+    ForwardBatch one = OneSlice(prompts_[i], 0, tables[i], false);
+    batch.seqs.push_back(one.seqs[0]);
+    batch.tokens.insert(batch.tokens.end(), prompts_[i].begin(), prompts_[i].end());
+  }
+  std::mt19937_64 rng(5);
+  int sampled = 0, with_logprobs = 0;
+  for (int step = 0; step < 24; ++step) {
+    std::vector<RowSampling> rows(n);
+    std::vector<const RowSampling*> row_ptrs(n, nullptr);
+    for (size_t i = 0; i < n; ++i) {
+      if ((step + i) % 5 == 4) continue;  // some sequences take no token this step
+      RowSampling& s = rows[i];
+      const int kind = static_cast<int>((step * 3 + i) % 6);
+      s.temperature = kind == 0 ? 0.0f : 0.6f + 0.2f * static_cast<float>(kind);
+      s.top_k = kind == 2 ? 20 : 0;
+      s.top_p = kind == 3 || kind == 5 ? 0.9f : 1.0f;
+      s.min_p = kind == 4 ? 0.05f : 0.0f;
+      if (kind == 5) {
+        s.repetition_penalty = 1.3f;
+        s.frequency_penalty = 0.5f;
+        s.presence_penalty = 0.2f;
+        s.penalties = CollectPenaltyTokens(prompts_[i], outputs[i], /*include_prompt=*/true);
+      }
+      if (kind % 2 == 1) s.logprobs = 3;
+      s.uniform = std::uniform_real_distribution<double>(0.0, 1.0)(rng);
+      row_ptrs[i] = &s;
+    }
+    ForwardOutput logits_out, sample_out;
+    absl::Status st = gpu->Forward(batch, &logits_out);
+    ASSERT_TRUE(st.ok()) << st;
+    std::vector<SampleResult> results;
+    st = gpu->ForwardSample(batch, row_ptrs, &results, &sample_out);
+    ASSERT_TRUE(st.ok()) << st;
+    ASSERT_EQ(results.size(), n);
+    std::vector<int32_t> next(n);
+    for (size_t i = 0; i < n; ++i) {
+      std::vector<float> row(logits_out.logits.begin() + logits_out.row_begin[i] * vocab,
+                             logits_out.logits.begin() + (logits_out.row_begin[i] + 1) * vocab);
+      if (row_ptrs[i] == nullptr) {
+        next[i] = Argmax(row.data(), vocab);  // no draw: continue on the argmax
+        continue;
+      }
+      const SampleResult want = SampleRow(row, rows[i]);
+      ASSERT_EQ(results[i].token, want.token) << "step " << step << " sequence " << i;
+      ASSERT_EQ(results[i].top.size(), want.top.size());
+      if (rows[i].logprobs) {
+        EXPECT_NEAR(results[i].logprob, want.logprob, 1e-5);
+        for (size_t k = 0; k < want.top.size(); ++k) {
+          EXPECT_EQ(results[i].top[k].token, want.top[k].token);
+          EXPECT_NEAR(results[i].top[k].logprob, want.top[k].logprob, 1e-5);
+        }
+        ++with_logprobs;
+      }
+      ++sampled;
+      next[i] = results[i].token;
+    }
+    batch.tokens = next;
+    for (size_t i = 0; i < n; ++i) {
+      outputs[i].push_back(next[i]);
+      batch.seqs[i].context_len += batch.seqs[i].num_tokens;
+      batch.seqs[i].num_tokens = 1;
+    }
+  }
+  std::printf("[sampling] %s %s: %d device draws (%d with logprobs) equal to the host's\n",
+              GetParam().flavour.c_str(), std::string(DTypeName(GetParam().dtype)).c_str(), sampled,
+              with_logprobs);
+  ForwardOutput out;
+  std::vector<SampleResult> results;
+  const std::vector<const RowSampling*> too_few(n - 1, nullptr);
+  EXPECT_EQ(gpu->ForwardSample(batch, too_few, &results, &out).code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 INSTANTIATE_TEST_SUITE_P(

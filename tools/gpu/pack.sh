@@ -3,13 +3,21 @@
 # .carry/bin (binaries), .carry/lib (every shared library ldd resolves that the GPU machine
 # lacks), .carry/run.sh (runs a command with those libraries), .carry/verify.sh (the full check).
 # The CUDA backend's library goes into .carry/bin, next to the programs that load it.
-# Usage: tools/gpu/pack.sh   (BUILD_DIR=build by default, configured Release for sm_90 if new)
+# Usage: tools/gpu/pack.sh [NAME...]   (BUILD_DIR=build by default, configured Release for sm_90
+# if new). NAMEs pack only those tests/benchmarks: the working tree and the carry share 64 MiB.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 build="${BUILD_DIR:-build}"
 tests=(kernels_elementwise_test kernels_attention_test kernels_sals_kv_write_test
-  kernels_sals_decode_test kernels_sals_materialize_test cuda_backend_test)
-benches=(bench_decode_attention bench_sals_attention bench_e2e_decode)
+  kernels_sals_decode_test kernels_sals_materialize_test kernels_sampling_test cuda_backend_test)
+benches=(bench_decode_attention bench_sals_attention bench_e2e_decode bench_sampling)
+if [ $# -gt 0 ]; then
+  wanted=" $* "
+  keep() { local out=() x; for x in "$@"; do [[ "$wanted" == *" $x "* ]] && out+=("$x"); done
+    echo "${out[@]}"; }
+  read -r -a tests <<<"$(keep "${tests[@]}")"
+  read -r -a benches <<<"$(keep "${benches[@]}")"
+fi
 
 [ -f "$build/build.ninja" ] || cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release
 ninja -C "$build" "${tests[@]}" "${benches[@]}"
@@ -18,7 +26,12 @@ rm -rf .carry
 mkdir -p .carry/bin .carry/lib
 for t in "${tests[@]}"; do cp "$build/tests/gpu/$t" .carry/bin/; done
 for b in "${benches[@]}"; do cp "$build/bench/$b" .carry/bin/; done
-cp "$build/engine/backend/cuda/libsals_backend_cuda.so" .carry/bin/
+if [[ " ${tests[*]} ${benches[*]} " == *" cuda_backend_test "* ||
+  " ${tests[*]} ${benches[*]} " == *" bench_e2e_decode "* ]]; then
+  cp "$build/engine/backend/cuda/libsals_backend_cuda.so" .carry/bin/
+fi
+
+strip --strip-unneeded .carry/bin/*  # the working tree and the carry share 64 MiB
 
 # The GPU machine (Ubuntu 24.04) has glibc, libstdc++, libgcc_s, libz, libssl/libcrypto and
 # CUDA's own libraries; everything else the binaries load travels (GPU-MACHINE.md).

@@ -2,10 +2,11 @@
 # The device-side check, run from the repository root on the GPU machine after tools/gpu/pack.sh:
 # device facts, the GPU tests, compute-sanitizer over them, and the benchmarks. Logs and the
 # benchmark JSON go to $OUT (./out when unset); the summary prints last.
-# Usage: .carry/verify.sh [all|kernels|sals|backend|tests]   (all by default)
+# Usage: .carry/verify.sh [all|kernels|sals|sampling|backend|tests]   (all by default)
 #   kernels: the dense kernel tests, memcheck and racecheck over them, bench_decode_attention;
 #   sals: the SALS kernel tests, memcheck over them, torch SDPA (FlashAttention-2, cuDNN) and
 #     bench_sals_attention in the same session (the ratios need both);
+#   sampling: the sampling kernel test, memcheck over it, bench_sampling;
 #   backend: cuda_backend_test, memcheck over a short part of it, bench_e2e_decode;
 #   tests: every test binary, no sanitizer, no benchmark.
 set -uo pipefail
@@ -52,7 +53,8 @@ bench() {  # name timeout [args...]
 
 if [ "$mode" = tests ]; then
   for t in kernels_elementwise_test kernels_attention_test kernels_sals_kv_write_test \
-    kernels_sals_decode_test kernels_sals_materialize_test cuda_backend_test; do
+    kernels_sals_decode_test kernels_sals_materialize_test kernels_sampling_test \
+    cuda_backend_test; do
     run_test "$t"
   done
 fi
@@ -83,6 +85,12 @@ if [ "$mode" = all ] || [ "$mode" = sals ]; then
     >"$out/sdpa.log" 2>&1
   summary+=("sdpa_reference: rc=$?")
   bench bench_sals_attention 300 --sdpa "$out/sdpa.json"
+fi
+
+if [ "$mode" = all ] || [ "$mode" = sampling ]; then
+  run_test kernels_sampling_test
+  memcheck kernels_sampling_test 200 --gtest_filter='*Degenerate*:*ManyDraws*:*RejectsBad*'
+  bench bench_sampling 200
 fi
 
 if [ "$mode" = all ] || [ "$mode" = backend ]; then

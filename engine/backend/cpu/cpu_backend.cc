@@ -10,6 +10,7 @@
 #include "engine/backend/batch_validation.h"
 #include "engine/backend/cpu/cpu_kv_store.h"
 #include "engine/backend/cpu/cpu_ops.h"
+#include "engine/backend/host_sampling.h"
 #include "engine/sals/selection.h"
 
 namespace sals {
@@ -93,6 +94,14 @@ class CpuBackend : public Backend {
 
   const ModelConfig& config() const override { return config_; }
   const KvPoolConfig& kv_pool() const override { return pool_; }
+
+  absl::Status ForwardSample(const ForwardBatch& batch, std::span<const RowSampling* const> rows,
+                             std::vector<SampleResult>* results, ForwardOutput* out) override {
+    if (absl::Status s = ValidateSampleRows(batch, rows); !s.ok()) return s;
+    if (absl::Status s = Forward(batch, out); !s.ok()) return s;
+    SampleOnHost(batch, rows, config_.vocab_size, out, results);
+    return absl::OkStatus();
+  }
 
   absl::Status Forward(const ForwardBatch& batch, ForwardOutput* out) override {
     if (absl::Status s = ValidateForwardBatch(batch, config_, pool_); !s.ok()) return s;

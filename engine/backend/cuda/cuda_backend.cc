@@ -41,6 +41,8 @@
 #include "absl/strings/str_cat.h"
 #include "engine/backend/batch_validation.h"
 #include "engine/backend/cuda/cuda_resources.h"
+#include "engine/backend/cuda/device_sampling.h"
+#include "engine/backend/host_sampling.h"
 #include "engine/kv/kv_format.h"
 #include "engine/sals/policy.h"
 #include "sals/kernels/attention.h"
@@ -50,6 +52,7 @@
 #include "sals/kernels/sals_decode.h"
 #include "sals/kernels/sals_kv.h"
 #include "sals/kernels/sals_materialize.h"
+#include "sals/kernels/sampling.h"
 
 namespace sals {
 namespace {
@@ -289,6 +292,57 @@ class CudaBackendImpl : public CudaBackend {
                                               out->logits.size() * sizeof(float),
                                               cudaMemcpyDeviceToHost, stream_.get()));
     return FinishStep();
+  }
+
+  absl::Status ForwardSample(const ForwardBatch& batch, std::span<const RowSampling* const> rows,
+                             std::vector<SampleResult>* results, ForwardOutput* out) override {
+    if (absl::Status s = ValidateSampleRows(batch, rows); !s.ok()) return s;
+    out->logits.clear();
+    out->sals_attended_tokens = out->sals_cached_tokens = 0;
+    // One logits row per sequence, its last token's (the argmax the step also takes is cheap).
+    if (absl::Status s = Step(batch, /*greedy=*/true, &out->row_begin); !s.ok()) return s;
+    out->sals_attended_tokens = step_attended_;
+    out->sals_cached_tokens = step_cached_;
+    sample_params_host_.clear();
+    sample_penalties_host_.clear();
+    for (size_t i = 0; i < rows.size(); ++i) {
+      if (rows[i] != nullptr) {
+        AppendSampleRow(*rows[i], out->row_begin[i], &sample_params_host_, &sample_penalties_host_);
+      }
+    }
+    const int64_t num_rows = static_cast<int64_t>(sample_params_host_.size());
+    const int64_t num_penalties = static_cast<int64_t>(sample_penalties_host_.size());
+    sample_results_host_.resize(num_rows);
+    if (num_rows > 0) {
+      const size_t ws_bytes = kn::SampleRowsWorkspaceBytes(num_rows, num_penalties);
+      for (absl::StatusOr<bool> g :
+           {Grow(&sample_params_, num_rows),
+            Grow(&sample_penalties_, std::max<int64_t>(1, num_penalties)),
+            Grow(&sample_workspace_, ws_bytes), Grow(&sample_results_, num_rows)}) {
+        if (!g.ok()) return g.status();
+      }
+      SALS_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(sample_params_.get(), sample_params_host_.data(),
+                                                num_rows * sizeof(kn::SampleRowParams),
+                                                cudaMemcpyHostToDevice, stream_.get()));
+      if (num_penalties > 0) {
+        SALS_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(
+            sample_penalties_.get(), sample_penalties_host_.data(),
+            num_penalties * sizeof(kn::PenaltyEntry), cudaMemcpyHostToDevice, stream_.get()));
+      }
+      SALS_KERNELS_RETURN_IF_ERROR(
+          kn::SampleRows(logits_.get(), config_.vocab_size, sample_params_.get(), num_rows,
+                         sample_penalties_.get(), num_penalties, sample_workspace_.get(),
+                         sample_workspace_.bytes(), sample_results_.get(), stream_.get()));
+      SALS_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(sample_results_host_.data(), sample_results_.get(),
+                                                num_rows * sizeof(kn::SampleRowResult),
+                                                cudaMemcpyDeviceToHost, stream_.get()));
+    }
+    if (absl::Status s = FinishStep(); !s.ok()) return s;
+    results->assign(rows.size(), SampleResult{});
+    for (size_t i = 0, k = 0; i < rows.size(); ++i) {
+      if (rows[i] != nullptr) (*results)[i] = FromSampleRowResult(sample_results_host_[k++]);
+    }
+    return absl::OkStatus();
   }
 
   absl::Status ForwardGreedy(const ForwardBatch& batch, std::vector<int32_t>* tokens) override {
@@ -1228,6 +1282,14 @@ class CudaBackendImpl : public CudaBackend {
   Buffer16 qkv_pre_;  // SALS: the decode rows' q|k|v before RoPE
   DeviceBuffer<float> logits_;
   DeviceBuffer<int32_t> argmax_;
+  // On-device sampling: the step's rows in the kernels' terms, and their results.
+  std::vector<kn::SampleRowParams> sample_params_host_;
+  std::vector<kn::PenaltyEntry> sample_penalties_host_;
+  std::vector<kn::SampleRowResult> sample_results_host_;
+  DeviceBuffer<kn::SampleRowParams> sample_params_;
+  DeviceBuffer<kn::PenaltyEntry> sample_penalties_;
+  DeviceBuffer<uint8_t> sample_workspace_;
+  DeviceBuffer<kn::SampleRowResult> sample_results_;
   DeviceBuffer<uint8_t> meta_, decode_workspace_, sals_workspace_;
   DeviceBuffer<__half> scratch_k_, scratch_v_;  // SALS: materialized rows + new tokens' K/V
   cuda::PinnedBuffer<uint8_t> meta_host_;

@@ -48,7 +48,7 @@ class CudaBackend : public Backend {
 };
 
 // Bumped whenever this header's types change, so that a stale library is refused at load time.
-inline constexpr int kCudaBackendAbiVersion = 3;
+inline constexpr int kCudaBackendAbiVersion = 4;
 
 }  // namespace sals
 

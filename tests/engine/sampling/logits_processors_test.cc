@@ -6,6 +6,8 @@
 #include <limits>
 #include <numeric>
 #include <random>
+#include <span>
+#include <utility>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -21,6 +23,19 @@ using ::testing::IsEmpty;
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+// The two vLLM penalty steps alone, through the penalty list.
+void ApplyRepetitionPenalty(std::span<float> logits, std::span<const int32_t> prompt,
+                            std::span<const int32_t> output, float penalty) {
+  ApplyPenalties(logits, CollectPenaltyTokens(prompt, output, /*include_prompt=*/true), penalty,
+                 0.0f, 0.0f);
+}
+
+void ApplyFrequencyPresencePenalties(std::span<float> logits, std::span<const int32_t> output,
+                                     float frequency, float presence) {
+  ApplyPenalties(logits, CollectPenaltyTokens({}, output, /*include_prompt=*/false), 1.0f,
+                 frequency, presence);
+}
 
 std::vector<int32_t> Ids(std::vector<Candidate> candidates) {
   std::vector<int32_t> ids;
@@ -236,6 +251,41 @@ TEST(SelectCandidatesTest, MatchesFullSortReferenceOnRandomRows) {
         << "trial " << trial << " vocab " << vocab << " top_k " << filter.top_k << " top_p "
         << filter.top_p << " min_p " << filter.min_p << " T " << filter.temperature;
   }
+}
+
+TEST(SelectCandidatesTest, SurvivorsComeInIdOrder) {
+  // Draws walk the survivors in id order (the device sampler's order too), whichever filter cut
+  // them: top-p's partial sort must not leave its order behind.
+  std::mt19937_64 rng(99);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  for (int trial = 0; trial < 200; ++trial) {
+    std::vector<float> logits(1 + static_cast<int>(rng() % 5000));
+    for (float& l : logits) l = normal(rng);
+    const CandidateFilter filter{.temperature = 0.8f,
+                                 .top_k = trial % 2 == 0 ? 0 : 300,
+                                 .top_p = std::vector<float>{1.0f, 0.9f, 0.5f}[trial % 3],
+                                 .min_p = trial % 5 == 0 ? 0.05f : 0.0f};
+    std::vector<Candidate> out;
+    SelectCandidates(logits, filter, &out);
+    ASSERT_TRUE(std::is_sorted(out.begin(), out.end(),
+                               [](const Candidate& a, const Candidate& b) { return a.id < b.id; }))
+        << "trial " << trial;
+  }
+}
+
+TEST(CollectPenaltyTokensTest, DistinctTokensWithOutputCounts) {
+  const std::vector<int32_t> prompt = {5, 3, 5, 9};
+  const std::vector<int32_t> output = {3, 7, 3, 7, 7};
+  std::vector<std::pair<int32_t, int32_t>> got;
+  for (const PenaltyToken& t : CollectPenaltyTokens(prompt, output, true)) {
+    got.emplace_back(t.token, t.output_count);
+  }
+  EXPECT_THAT(got, ElementsAre(std::pair{5, 0}, std::pair{3, 2}, std::pair{9, 0}, std::pair{7, 3}));
+  got.clear();
+  for (const PenaltyToken& t : CollectPenaltyTokens(prompt, output, false)) {
+    got.emplace_back(t.token, t.output_count);
+  }
+  EXPECT_THAT(got, ElementsAre(std::pair{3, 2}, std::pair{7, 3}));
 }
 
 TEST(SampleCandidateTest, ProportionalToWeights) {

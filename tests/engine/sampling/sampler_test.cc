@@ -8,10 +8,13 @@
 #include <numeric>
 #include <random>
 #include <set>
+#include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "engine/sampling/logits_processors.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -295,6 +298,66 @@ TEST(SamplerSeedTest, GoldenSequence) {
   std::mt19937_64 standard;
   standard.discard(9999);
   EXPECT_EQ(standard(), 9981545732273789042ull);
+}
+
+// ---- Prepare + SampleRow (what a backend executes) -------------------------------------------
+
+TEST(SamplerPrepareTest, SampleRowOfPrepareIsSampleAlongAGrowingSequence) {
+  // Two samplers with one seed: one samples directly, the other through Prepare + SampleRow, as
+  // the engine does, over a sequence that grows by its own tokens (the incremental penalty list)
+  // and is once handed a copy of itself (a rebuild).
+  SamplingParams p = Params(0.9f);
+  p.seed = 7;
+  p.top_k = 20;
+  p.top_p = 0.9f;
+  p.repetition_penalty = 1.3f;
+  p.frequency_penalty = 0.4f;
+  p.presence_penalty = 0.2f;
+  p.logprobs = 3;
+  SequenceSampler direct(p, 0), prepared(p, 0);
+  std::mt19937_64 rng(3);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  std::vector<int32_t> tokens = {1, 2, 3, 2, 40};
+  const size_t prompt_len = tokens.size();
+  for (int step = 0; step < 60; ++step) {
+    std::vector<float> logits(64);
+    for (float& l : logits) l = normal(rng);
+    std::vector<float> copy = logits;
+    std::vector<int32_t> snapshot = tokens;  // a different buffer every step for `direct`
+    const std::span<const int32_t> all(step == 30 ? snapshot : tokens);
+    const SampleResult a =
+        direct.Sample(logits, std::span<const int32_t>(snapshot).first(prompt_len),
+                      std::span<const int32_t>(snapshot).subspan(prompt_len));
+    const RowSampling row = prepared.Prepare(all.first(prompt_len), all.subspan(prompt_len));
+    const SampleResult b = SampleRow(copy, row);
+    ASSERT_EQ(a.token, b.token) << "step " << step;
+    ASSERT_EQ(a.logprob, b.logprob) << "step " << step;
+    ASSERT_EQ(logits, copy) << "step " << step;
+    std::vector<PenaltyToken> expected = CollectPenaltyTokens(
+        all.first(prompt_len), all.subspan(prompt_len), /*include_prompt=*/true);
+    auto key = [](const PenaltyToken& t) { return std::pair{t.token, t.output_count}; };
+    std::vector<std::pair<int32_t, int32_t>> want, got;
+    for (const PenaltyToken& t : expected) want.push_back(key(t));
+    for (const PenaltyToken& t : row.penalties) got.push_back(key(t));
+    std::sort(want.begin(), want.end());
+    std::sort(got.begin(), got.end());
+    ASSERT_EQ(got, want) << "step " << step;
+    tokens.push_back(a.token);
+  }
+}
+
+TEST(SamplerPrepareTest, GreedyConsumesNoDrawAndNoPenaltiesMeansEmptyList) {
+  SequenceSampler greedy(Params(0.0f), 5);
+  const std::vector<int32_t> prompt = {1, 2};
+  const RowSampling row = greedy.Prepare(prompt, {});
+  EXPECT_EQ(row.temperature, 0.0f);
+  EXPECT_EQ(row.uniform, 0.0);
+  EXPECT_TRUE(row.penalties.empty());
+  SamplingParams p = Params(1.0f);
+  p.seed = 11;
+  SequenceSampler sampled(p, 0);
+  std::mt19937_64 reference(11);
+  EXPECT_EQ(sampled.Prepare(prompt, {}).uniform, UniformFromBits(reference()));
 }
 
 // ---- Logprobs -------------------------------------------------------------------------------
