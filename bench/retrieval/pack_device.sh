@@ -15,8 +15,8 @@ cd "$(dirname "$0")/../.."
 [ $# -ge 2 ] || { sed -n 2,12p "$0"; exit 2; }
 model="$1"
 cases="$2"
-carry="${3:-$build/retrieval-carry}"
 build="${BUILD_DIR:-build}"
+carry="${3:-$build/retrieval-carry}"
 bin="$build/bench/retrieval/sals-retrieval"
 [ -x "$bin" ] || { echo "no $bin: build it first (cmake --build $build --target sals-retrieval)" >&2; exit 1; }
 [ -f "$model/config.json" ] || { echo "$model: not a model directory" >&2; exit 1; }

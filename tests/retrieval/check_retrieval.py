@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """End-to-end check of the retrieval benchmark (ctest): make_cases.py writes a small case set,
 sals-retrieval runs it on the CPU for dense and SALS-12.5%, and the JSON must hold together:
-counts add up, accuracies lie in [0, 1], recall in (0, 1]. With --min-dense-passkey (enable it
-once models/default is the trained model) dense passkey accuracy must reach that value. When
-matplotlib is installed, plot.py must write its PNG too.
+counts add up, accuracies lie in [0, 1], recall in (0, 1]. With --min-dense-passkey (CMake's
+SALS_RETRIEVAL_CHECK_ACCURACY, on by default: models/default retrieves) dense passkey accuracy
+must reach that value. When matplotlib is installed, plot.py must write its PNG too.
 """
 
 import argparse
