@@ -48,7 +48,7 @@ Schema MakeSchema(ServerConfig* c) {
         {"synthetic", Field(&e.synthetic_model)},
         {"synthetic_seed", Field(&e.synthetic_seed)},
         {"calibration", Field(&e.calibration_file)}}},
-      {"backend", {{"type", Field(&e.backend)}}},
+      {"backend", {{"type", Field(&e.backend)}, {"cpu_threads", Field(&e.cpu_threads)}}},
       {"kv_cache",
        {{"format", Field(&e.kv_format)},
         {"block_size", Field(&e.block_size)},
@@ -111,6 +111,7 @@ absl::Status CheckRanges(const ServerConfig& c, std::string_view source) {
   if (c.engine.backend != "cpu" && c.engine.backend != "cuda") {
     return bad("backend.type", "must be cpu or cuda");
   }
+  if (c.engine.cpu_threads < 0) return bad("backend.cpu_threads", "must be >= 0");
   if (c.engine.block_size < 1) return bad("kv_cache.block_size", "must be positive");
   if (c.engine.num_blocks < 0) return bad("kv_cache.num_blocks", "must be >= 0");
   if (!(c.engine.kv_memory_gib > 0)) return bad("kv_cache.memory_gib", "must be positive");

@@ -21,6 +21,9 @@ struct EngineConfig {
   std::string calibration_file;
 
   std::string backend = "cpu";  // "cpu" or "cuda"
+  // CPU backend: OpenMP threads per step; 0 = OpenMP's default (every core, or OMP_NUM_THREADS).
+  // Fewer than the cores avoids spinning threads fighting other processes for busy cores.
+  int cpu_threads = 0;
 
   // KV pool: format preset ("dense", "sals-25", "sals-12.5"), then overrides.
   std::string kv_format = "sals-25";

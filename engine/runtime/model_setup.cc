@@ -96,6 +96,7 @@ absl::StatusOr<LoadedModel> LoadModel(const EngineConfig& config) {
   }
 
   CpuBackendOptions options;
+  options.num_threads = config.cpu_threads;
   if (format->sals) {
     if (!config.synthetic_model.empty()) {
       // No calibration data for random weights: the leading coordinates serve as the basis.

@@ -19,7 +19,7 @@ TEST(ServerConfigTest, DocumentedFileHoldsTheDefaults) {
 TEST(ServerConfigTest, ReadsEveryKindOfValue) {
   auto c = ParseServerConfig(R"(
 model: {path: /models/x, calibration: /c.safetensors}
-backend: {type: cuda}
+backend: {type: cuda, cpu_threads: 3}
 kv_cache: {format: sals-12.5, block_size: 32, num_blocks: 100, value_bits: 16,
            dense_layers: [0, 5]}
 attention: {topk_fraction: 0.25, token_budget: 512, select_all: true}
@@ -30,6 +30,7 @@ server: {listen: "127.0.0.1:1", shutdown_grace_seconds: 2.5}
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->engine.model_path, "/models/x");
   EXPECT_EQ(c->engine.backend, "cuda");
+  EXPECT_EQ(c->engine.cpu_threads, 3);
   EXPECT_EQ(c->engine.kv_format, "sals-12.5");
   EXPECT_EQ(c->engine.block_size, 32);
   EXPECT_EQ(c->engine.value_bits, 16);
@@ -57,6 +58,7 @@ TEST(ServerConfigTest, RejectsUnknownKeysAndBadValuesByName) {
   ExpectError("scheduler: {max_num_seqs: 0}", "scheduler.max_num_seqs");
   ExpectError("kv_cache: {memory_gib: -1}", "kv_cache.memory_gib");
   ExpectError("backend: {type: tpu}", "backend.type");
+  ExpectError("backend: {cpu_threads: -2}", "backend.cpu_threads");
   ExpectError("server: [1, 2]", "server");
   ExpectError("just a string", "map");
   ExpectError("model: {path: [unclosed", "bad.yaml");

@@ -1,5 +1,7 @@
 #include "engine/backend/cpu/cpu_backend.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -105,6 +107,8 @@ class CpuBackend : public Backend {
 
   absl::Status Forward(const ForwardBatch& batch, ForwardOutput* out) override {
     if (absl::Status s = ValidateForwardBatch(batch, config_, pool_); !s.ok()) return s;
+    // Per calling thread (an ICV of the engine's step thread, not the process).
+    if (options_.num_threads > 0) omp_set_num_threads(options_.num_threads);
     const ModelConfig& c = config_;
     const int64_t t = static_cast<int64_t>(batch.tokens.size());
     const int h = c.hidden_size, qw = c.q_width(), kvw = c.kv_width();

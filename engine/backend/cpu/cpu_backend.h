@@ -17,6 +17,8 @@
 namespace sals {
 
 struct CpuBackendOptions {
+  // OpenMP threads of each Forward (set on the calling thread); 0 = OpenMP's default.
+  int num_threads = 0;
   // Latent bases; required when the pool's format has SALS layers (rank >= the stored rank).
   SalsBasis basis;
   // Called per layer with the pre-RoPE projections of every new token, [tokens x (q_width +

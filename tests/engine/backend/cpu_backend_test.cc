@@ -2,9 +2,13 @@
 // without touching the cache, and logits do not depend on what else is batched.
 #include "engine/backend/cpu/cpu_backend.h"
 
+#include <omp.h>
+
 #include <memory>
+#include <vector>
 
 #include "engine/model/weight_source.h"
+#include "engine/sampling/sampler.h"
 #include "gtest/gtest.h"
 
 namespace sals {
@@ -85,6 +89,62 @@ TEST(CpuBackendTest, LogitsIndependentOfBatchCompanions) {
   for (int i = 0; i < alone->config().vocab_size; ++i) {
     EXPECT_NEAR(a.logits[i], b.logits[i], 1e-5f * (1.0f + std::abs(a.logits[i])));
   }
+}
+
+TEST(CpuBackendTest, ForwardSampleDrawsFromEachSequencesLastRow) {
+  auto plain = TinyBackend(8, 4);
+  auto sampling = TinyBackend(8, 4);
+  ASSERT_NE(plain, nullptr);
+  ASSERT_NE(sampling, nullptr);
+  ForwardBatch batch = OneSequence({5, 9, 11, 3, 7, 2}, 0, {1, 0});
+  batch.seqs.push_back(Slice(3, 0, {2}, /*all_logits=*/true));
+  batch.tokens.insert(batch.tokens.end(), {100, 200, 300});
+  batch.seqs.push_back(Slice(2, 0, {3}, false));
+  batch.tokens.insert(batch.tokens.end(), {4, 8});
+  ForwardOutput logits;
+  ASSERT_TRUE(plain->Forward(batch, &logits).ok());
+
+  RowSampling greedy, hot;
+  hot.temperature = 1.5f;
+  hot.top_p = 0.9f;
+  hot.uniform = 0.37;
+  hot.logprobs = 2;
+  const std::vector<const RowSampling*> rows = {&hot, nullptr, &greedy};
+  std::vector<SampleResult> results;
+  ForwardOutput out;
+  ASSERT_TRUE(sampling->ForwardSample(batch, rows, &results, &out).ok());
+  ASSERT_EQ(results.size(), 3u);
+  const int vocab = plain->config().vocab_size;
+  auto last_row = [&](int seq) {
+    const int row =
+        logits.row_begin[seq] + (batch.seqs[seq].all_logits ? batch.seqs[seq].num_tokens - 1 : 0);
+    return std::vector<float>(logits.logits.begin() + row * vocab,
+                              logits.logits.begin() + (row + 1) * vocab);
+  };
+  std::vector<float> row0 = last_row(0), row2 = last_row(2);
+  const SampleResult want0 = SampleRow(row0, hot);
+  EXPECT_EQ(results[0].token, want0.token);
+  EXPECT_EQ(results[0].logprob, want0.logprob);
+  EXPECT_EQ(results[0].top.size(), 2u);
+  EXPECT_EQ(results[2].token, SampleRow(row2, greedy).token);
+  EXPECT_EQ(results[1].token, 0);  // not sampled: left default
+
+  const std::vector<const RowSampling*> too_few = {&hot};
+  EXPECT_EQ(sampling->ForwardSample(batch, too_few, &results, &out).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(CpuBackendTest, NumThreadsSetsTheCallersOpenMpThreads) {
+  auto config = SyntheticModelConfig("tiny");
+  ASSERT_TRUE(config.ok());
+  auto weights = MakeRandomWeights(*config, 42);
+  CpuBackendOptions options;
+  options.num_threads = 1;
+  auto backend = CreateCpuBackend(*config, *weights, Pool(4, 4), options);
+  ASSERT_TRUE(backend.ok()) << backend.status();
+  ForwardOutput out;
+  ASSERT_TRUE((*backend)->Forward(OneSequence({1, 2}, 0, {0}), &out).ok());
+  EXPECT_EQ(omp_get_max_threads(), 1);
 }
 
 }  // namespace
