@@ -45,10 +45,18 @@ inline void RequireDevice() {
   ASSERT_GT(count, 0) << "no CUDA device";
 }
 
-// Each test draws fresh inputs; the seed is printed so a failure can be replayed.
+// A fresh seed, or SALS_TEST_SEED's value to replay a failure (every test that draws one gets it).
+inline uint64_t TestSeed() {
+  if (const char* env = std::getenv("SALS_TEST_SEED"); env != nullptr && *env != '\0') {
+    return std::strtoull(env, nullptr, 10);
+  }
+  return (static_cast<uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}();
+}
+
+// Each test draws fresh inputs; the seed is printed so a failure can be replayed
+// (SALS_TEST_SEED=N).
 inline std::mt19937_64 FreshRng() {
-  const uint64_t seed =
-      (static_cast<uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}();
+  const uint64_t seed = TestSeed();
   ::testing::Test::RecordProperty("seed", std::to_string(seed));
   std::printf("[ seed     ] %llu\n", static_cast<unsigned long long>(seed));
   return std::mt19937_64(seed);
