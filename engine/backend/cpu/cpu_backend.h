@@ -17,8 +17,6 @@
 namespace sals {
 
 struct CpuBackendOptions {
-  // OpenMP threads of each Forward (set on the calling thread); 0 = OpenMP's default.
-  int num_threads = 0;
   // Latent bases; required when the pool's format has SALS layers (rank >= the stored rank).
   SalsBasis basis;
   // Called per layer with the pre-RoPE projections of every new token, [tokens x (q_width +
@@ -29,6 +27,8 @@ struct CpuBackendOptions {
   // Called for each one-token SALS step with the cached positions it attends to (sorted; the
   // new token itself not included): selection statistics and tests.
   std::function<void(int layer, int seq, std::span<const int64_t> positions)> selection_observer;
+  // OpenMP threads of each Forward (set on the calling thread); 0 = OpenMP's default.
+  int num_threads = 0;
 };
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const ModelConfig& config,
