@@ -48,7 +48,10 @@ Schema MakeSchema(ServerConfig* c) {
         {"synthetic", Field(&e.synthetic_model)},
         {"synthetic_seed", Field(&e.synthetic_seed)},
         {"calibration", Field(&e.calibration_file)}}},
-      {"backend", {{"type", Field(&e.backend)}, {"cpu_threads", Field(&e.cpu_threads)}}},
+      {"backend",
+       {{"type", Field(&e.backend)},
+        {"cpu_threads", Field(&e.cpu_threads)},
+        {"cuda_dtype", Field(&e.cuda_dtype)}}},
       {"kv_cache",
        {{"format", Field(&e.kv_format)},
         {"block_size", Field(&e.block_size)},
@@ -112,6 +115,9 @@ absl::Status CheckRanges(const ServerConfig& c, std::string_view source) {
     return bad("backend.type", "must be cpu or cuda");
   }
   if (c.engine.cpu_threads < 0) return bad("backend.cpu_threads", "must be >= 0");
+  if (c.engine.cuda_dtype != "f16" && c.engine.cuda_dtype != "bf16") {
+    return bad("backend.cuda_dtype", "must be f16 or bf16");
+  }
   if (c.engine.block_size < 1) return bad("kv_cache.block_size", "must be positive");
   if (c.engine.num_blocks < 0) return bad("kv_cache.num_blocks", "must be >= 0");
   if (!(c.engine.kv_memory_gib > 0)) return bad("kv_cache.memory_gib", "must be positive");

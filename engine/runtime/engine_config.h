@@ -24,6 +24,9 @@ struct EngineConfig {
   // CPU backend: OpenMP threads per step; 0 = OpenMP's default (every core, or OMP_NUM_THREADS).
   // Fewer than the cores avoids spinning threads fighting other processes for busy cores.
   int cpu_threads = 0;
+  // CUDA backend: weights and activations in "f16" or "bf16" (bf16-trained models whose
+  // activations overflow fp16 need bf16; fp16 is the more accurate where it fits).
+  std::string cuda_dtype = "f16";
 
   // KV pool: format preset ("dense", "sals-25", "sals-12.5"), then overrides.
   std::string kv_format = "sals-25";

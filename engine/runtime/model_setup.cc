@@ -113,6 +113,11 @@ absl::StatusOr<LoadedModel> LoadModel(const EngineConfig& config) {
   }
   if (config.backend == "cuda") {
     CudaBackendOptions cuda_options;
+    if (config.cuda_dtype != "f16" && config.cuda_dtype != "bf16") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("backend.cuda_dtype must be f16 or bf16, got '", config.cuda_dtype, "'"));
+    }
+    cuda_options.dtype = config.cuda_dtype == "bf16" ? DType::kBF16 : DType::kF16;
     cuda_options.sals_basis = std::move(options.basis);
     auto backend = LoadCudaBackend(m.config, *weights, m.pool, cuda_options);
     if (!backend.ok()) return backend.status();

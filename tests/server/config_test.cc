@@ -19,7 +19,7 @@ TEST(ServerConfigTest, DocumentedFileHoldsTheDefaults) {
 TEST(ServerConfigTest, ReadsEveryKindOfValue) {
   auto c = ParseServerConfig(R"(
 model: {path: /models/x, calibration: /c.safetensors}
-backend: {type: cuda, cpu_threads: 3}
+backend: {type: cuda, cpu_threads: 3, cuda_dtype: bf16}
 kv_cache: {format: sals-12.5, block_size: 32, num_blocks: 100, value_bits: 16,
            dense_layers: [0, 5]}
 attention: {topk_fraction: 0.25, token_budget: 512, select_all: true}
@@ -31,6 +31,7 @@ server: {listen: "127.0.0.1:1", shutdown_grace_seconds: 2.5}
   EXPECT_EQ(c->engine.model_path, "/models/x");
   EXPECT_EQ(c->engine.backend, "cuda");
   EXPECT_EQ(c->engine.cpu_threads, 3);
+  EXPECT_EQ(c->engine.cuda_dtype, "bf16");
   EXPECT_EQ(c->engine.kv_format, "sals-12.5");
   EXPECT_EQ(c->engine.block_size, 32);
   EXPECT_EQ(c->engine.value_bits, 16);
@@ -59,6 +60,7 @@ TEST(ServerConfigTest, RejectsUnknownKeysAndBadValuesByName) {
   ExpectError("kv_cache: {memory_gib: -1}", "kv_cache.memory_gib");
   ExpectError("backend: {type: tpu}", "backend.type");
   ExpectError("backend: {cpu_threads: -2}", "backend.cpu_threads");
+  ExpectError("backend: {cuda_dtype: fp8}", "backend.cuda_dtype");
   ExpectError("server: [1, 2]", "server");
   ExpectError("just a string", "map");
   ExpectError("model: {path: [unclosed", "bad.yaml");
