@@ -143,6 +143,8 @@ __device__ __forceinline__ uint32_t Bucket(float log_weight) {
 // at most 2^42, so two 21-bit halves sum over 32 lanes without overflow.
 __device__ __forceinline__ void WarpAggregatedAdd(unsigned long long* hist, uint32_t bin,
                                                   uint32_t none, uint64_t m) {
+  // Most warps of the later radix passes hold no element of the prefix searched.
+  if (__ballot_sync(0xffffffffu, bin != none) == 0) return;
   const unsigned peers = __match_any_sync(0xffffffffu, bin);
   const uint32_t lo = __reduce_add_sync(peers, static_cast<uint32_t>(m & 0x1fffffu));
   const uint32_t hi = __reduce_add_sync(peers, static_cast<uint32_t>(m >> 21));
