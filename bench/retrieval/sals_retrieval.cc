@@ -55,19 +55,6 @@ ABSL_FLAG(int, max_in_flight, 16, "requests in the engine at once");
 namespace sals {
 namespace {
 
-absl::StatusOr<std::vector<int>> ParseLayers(const std::vector<std::string>& items) {
-  std::vector<int> layers;
-  for (const std::string& item : items) {
-    int l = 0;
-    if (!absl::SimpleAtoi(item, &l)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--dense_layers: '", item, "' is not a number"));
-    }
-    layers.push_back(l);
-  }
-  return layers;
-}
-
 // Keeps the first `max` cases of every task and length.
 std::vector<RetrievalCase> FirstPerGroup(std::vector<RetrievalCase> cases, int max) {
   if (max <= 0) return cases;
@@ -286,7 +273,7 @@ absl::Status Run() {
   }
   auto configs = ParseBenchConfigs(absl::GetFlag(FLAGS_configs));
   if (!configs.ok()) return configs.status();
-  auto dense_layers = ParseLayers(absl::GetFlag(FLAGS_dense_layers));
+  auto dense_layers = ParseIntListFlag("dense_layers", absl::GetFlag(FLAGS_dense_layers));
   if (!dense_layers.ok()) return dense_layers.status();
   auto cases = ReadRetrievalCases(cases_file);
   if (!cases.ok()) return cases.status();

@@ -2,6 +2,9 @@
 
 #include <string_view>
 
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+
 namespace sals {
 
 void NormalizeFlagNames(int argc, char** argv) {
@@ -13,6 +16,19 @@ void NormalizeFlagNames(int argc, char** argv) {
       if (*c == '-') *c = '_';
     }
   }
+}
+
+absl::StatusOr<std::vector<int>> ParseIntListFlag(const char* flag,
+                                                  const std::vector<std::string>& items) {
+  std::vector<int> values;
+  for (const std::string& item : items) {
+    int v = 0;
+    if (!absl::SimpleAtoi(item, &v)) {
+      return absl::InvalidArgumentError(absl::StrCat("--", flag, ": '", item, "' is not a number"));
+    }
+    values.push_back(v);
+  }
+  return values;
 }
 
 }  // namespace sals

@@ -36,18 +36,6 @@ ABSL_FLAG(int, chunk, 256, "prefill chunk in tokens");
 namespace sals {
 namespace {
 
-absl::StatusOr<std::vector<int>> ParseLayers(const std::vector<std::string>& items) {
-  std::vector<int> layers;
-  for (const std::string& item : items) {
-    int l = 0;
-    if (!absl::SimpleAtoi(item, &l)) {
-      return absl::InvalidArgumentError(absl::StrCat("--layers: '", item, "' is not a number"));
-    }
-    layers.push_back(l);
-  }
-  return layers;
-}
-
 void PrintRow(const std::string& name, const RecallStats& s) {
   std::printf("%-7s %9lld %8.4f %8.4f %9.4f %9.4f\n", name.c_str(),
               static_cast<long long>(s.samples), s.mean, s.min, s.selected_fraction,
@@ -60,7 +48,7 @@ absl::Status Recall() {
   if (model_dir.empty() || prompt_file.empty()) {
     return absl::InvalidArgumentError("--model and --prompt-file are required");
   }
-  auto layers = ParseLayers(absl::GetFlag(FLAGS_layers));
+  auto layers = ParseIntListFlag("layers", absl::GetFlag(FLAGS_layers));
   if (!layers.ok()) return layers.status();
   auto text = ReadTextFile(prompt_file);
   if (!text.ok()) return text.status();
