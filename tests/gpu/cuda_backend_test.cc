@@ -105,6 +105,23 @@ std::vector<std::vector<int32_t>> DealTables(int num_blocks, const std::vector<i
   return tables;
 }
 
+// A fresh seed for the tests with random inputs, printed; SALS_TEST_SEED=N replays a failure.
+uint32_t TestSeed() {
+  const char* env = std::getenv("SALS_TEST_SEED");
+  const uint32_t seed = env != nullptr && *env != '\0'
+                            ? static_cast<uint32_t>(std::strtoul(env, nullptr, 10))
+                            : std::random_device{}();
+  std::printf("[ seed     ] %u\n", seed);
+  return seed;
+}
+
+// Test-name suffix of a fixture flavour ("llama2-mha" -> "llama2_mha").
+std::string FlavourName(const ::testing::TestParamInfo<std::string>& info) {
+  std::string name = info.param;
+  std::replace(name.begin(), name.end(), '-', '_');
+  return name;
+}
+
 int Argmax(const float* row, int n) {
   return static_cast<int>(std::max_element(row, row + n) - row);
 }
@@ -386,12 +403,7 @@ TEST_P(CudaMixedBatchTest, MatchesSingleSequenceRuns) {
   testing::FixtureModel model = testing::LoadFixtureModel(GetParam());
   ASSERT_NE(model.weights, nullptr);
   const int vocab = model.config.vocab_size;
-  // SALS_TEST_SEED=N replays a failure.
-  const char* env_seed = std::getenv("SALS_TEST_SEED");
-  const uint32_t seed = env_seed != nullptr && *env_seed != '\0'
-                            ? static_cast<uint32_t>(std::strtoul(env_seed, nullptr, 10))
-                            : std::random_device{}();
-  std::printf("[ seed     ] %u\n", seed);
+  const uint32_t seed = TestSeed();
   std::mt19937 rng(seed);
   std::vector<std::vector<int32_t>> streams(kSeqs);
   std::vector<int> prompt_len(kSeqs), blocks(kSeqs);
@@ -473,11 +485,7 @@ TEST_P(CudaMixedBatchTest, MatchesSingleSequenceRuns) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaMixedBatchTest,
                          ::testing::Values("llama2-mha", "mistral-gqa", "llama31-bpe"),
-                         [](const auto& info) {
-                           std::string name = info.param;
-                           std::replace(name.begin(), name.end(), '-', '_');
-                           return name;
-                         });
+                         FlavourName);
 
 TEST(CudaBackendTest, RejectsBadBatchesWithoutTouchingTheCache) {
   testing::FixtureModel model = testing::LoadFixtureModel("mistral-gqa");
@@ -1012,12 +1020,7 @@ TEST_P(CudaSalsMixedTest, MixedBatchesAndPoliciesMatchCpu) {
   testing::FixtureModel model = testing::LoadFixtureModel(GetParam());
   ASSERT_NE(model.weights, nullptr);
   const int vocab = model.config.vocab_size;
-  // SALS_TEST_SEED=N replays a failure.
-  const char* env_seed = std::getenv("SALS_TEST_SEED");
-  const uint32_t seed = env_seed != nullptr && *env_seed != '\0'
-                            ? static_cast<uint32_t>(std::strtoul(env_seed, nullptr, 10))
-                            : std::random_device{}();
-  std::printf("[ seed     ] %u\n", seed);
+  const uint32_t seed = TestSeed();
   std::mt19937 rng(seed);
   std::vector<std::vector<int32_t>> streams(kSeqs);
   std::vector<int> prompt_len(kSeqs), blocks(kSeqs), chunk(kSeqs), start(kSeqs);
@@ -1131,11 +1134,7 @@ TEST_P(CudaSalsMixedTest, MixedBatchesAndPoliciesMatchCpu) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaSalsMixedTest,
                          ::testing::Values("llama2-mha", "mistral-gqa", "llama31-bpe"),
-                         [](const auto& info) {
-                           std::string name = info.param;
-                           std::replace(name.begin(), name.end(), '-', '_');
-                           return name;
-                         });
+                         FlavourName);
 
 // A prefix-cache hit as the engine runs it: sequence A prefills a prompt; sequence B shares A's
 // first two blocks (the same physical blocks), gets its sinks restored (Engine::RestoreSinks: its
