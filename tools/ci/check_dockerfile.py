@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 import yaml
+from check_report import fail, failures, ok
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ("tools/install_deps.sh", "tools/ci/build.sh")
@@ -30,17 +31,6 @@ BASE_PACKAGES = {"libc6", "libgcc-s1", "zlib1g"}
 CUDA_SONAMES = {r"libcudart\.so": "cuda-cudart-{v}", r"libcublas(Lt)?\.so": "libcublas-{v}"}
 # Comes with the GPU driver through the NVIDIA Container Toolkit.
 DRIVER_SONAMES = (r"libcuda\.so", r"libnvidia-")
-
-failures = []
-
-
-def fail(message):
-    failures.append(message)
-    print(f"FAIL {message}")
-
-
-def ok(message):
-    print(f"ok   {message}")
 
 
 def parse(path):

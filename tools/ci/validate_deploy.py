@@ -31,6 +31,7 @@ import urllib.request
 from pathlib import Path
 
 import yaml
+from check_report import fail, failures, ok
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -44,17 +45,6 @@ FIXTURE_MODEL = ROOT / "tests" / "fixtures" / "llama31-bpe"
 KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")
 # Series Prometheus itself makes for every target.
 PROMETHEUS_SERIES = {"up"}
-
-failures = []
-
-
-def fail(message):
-    failures.append(message)
-    print(f"FAIL {message}")
-
-
-def ok(message):
-    print(f"ok   {message}")
 
 
 def load_manifests():
