@@ -11,7 +11,6 @@
 #include <limits>
 
 #include "Eigen/Core"
-#include "absl/container/flat_hash_map.h"
 
 namespace sals {
 namespace {
@@ -225,18 +224,12 @@ void SanitizeLogits(std::span<float> logits) {
 std::vector<PenaltyToken> CollectPenaltyTokens(std::span<const int32_t> prompt,
                                                std::span<const int32_t> output,
                                                bool include_prompt) {
-  std::vector<PenaltyToken> tokens;
-  absl::flat_hash_map<int32_t, size_t> index;
-  auto add = [&](int32_t t, int32_t count) {
-    auto [it, inserted] = index.try_emplace(t, tokens.size());
-    if (inserted) tokens.push_back(PenaltyToken{t, 0});
-    tokens[it->second].output_count += count;
-  };
+  PenaltyTokenList list;
   if (include_prompt) {
-    for (int32_t t : prompt) add(t, 0);
+    for (int32_t t : prompt) list.Add(t, 0);
   }
-  for (int32_t t : output) add(t, 1);
-  return tokens;
+  for (int32_t t : output) list.Add(t, 1);
+  return list.tokens();
 }
 
 void ApplyPenalties(std::span<float> logits, std::span<const PenaltyToken> tokens, float repetition,

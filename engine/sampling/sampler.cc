@@ -52,6 +52,17 @@ SequenceSampler::SequenceSampler(const SamplingParams& params, uint64_t fallback
   }
 }
 
+void PenaltyTokenList::Add(int32_t token, int32_t count) {
+  auto [it, inserted] = index_.try_emplace(token, tokens_.size());
+  if (inserted) tokens_.push_back(PenaltyToken{token, 0});
+  tokens_[it->second].output_count += count;
+}
+
+void PenaltyTokenList::Clear() {
+  tokens_.clear();
+  index_.clear();
+}
+
 SampleResult SampleRow(std::span<float> logits, const RowSampling& row) {
   SampleResult result;
   if (logits.empty()) return result;
@@ -86,24 +97,18 @@ void SequenceSampler::TrackPenalties(std::span<const int32_t> prompt,
   if (!repetition && params_.frequency_penalty == 0.0f && params_.presence_penalty == 0.0f) {
     return;
   }
-  auto add = [&](int32_t t, int32_t count) {
-    auto [it, inserted] = penalty_index_.try_emplace(t, penalties_.size());
-    if (inserted) penalties_.push_back(PenaltyToken{t, 0});
-    penalties_[it->second].output_count += count;
-  };
   if (prompt.data() != prompt_data_ || prompt.size() != prompt_size_ ||
       output.data() != output_data_ || output.size() < output_seen_) {
-    penalties_.clear();
-    penalty_index_.clear();
+    penalties_.Clear();
     prompt_data_ = prompt.data();
     prompt_size_ = prompt.size();
     output_data_ = output.data();
     output_seen_ = 0;
     if (repetition) {
-      for (int32_t t : prompt) add(t, 0);
+      for (int32_t t : prompt) penalties_.Add(t, 0);
     }
   }
-  for (size_t i = output_seen_; i < output.size(); ++i) add(output[i], 1);
+  for (size_t i = output_seen_; i < output.size(); ++i) penalties_.Add(output[i], 1);
   output_seen_ = output.size();
 }
 
@@ -120,7 +125,7 @@ RowSampling SequenceSampler::Prepare(std::span<const int32_t> prompt,
   row.logprobs = params_.logprobs;
   if (params_.temperature != 0.0f) row.uniform = UniformFromBits(rng_());
   TrackPenalties(prompt, output);
-  row.penalties = penalties_;
+  row.penalties = penalties_.tokens();
   return row;
 }
 

@@ -81,6 +81,20 @@ struct PenaltyToken {
   int32_t output_count = 0;
 };
 
+// Distinct tokens in order of first occurrence, each with a count (the output_count of its
+// PenaltyToken): what CollectPenaltyTokens builds at once and a SequenceSampler keeps up to date.
+class PenaltyTokenList {
+ public:
+  // Adds `count` to `token`'s entry, making the entry (count 0) on first sight.
+  void Add(int32_t token, int32_t count);
+  void Clear();
+  const std::vector<PenaltyToken>& tokens() const { return tokens_; }
+
+ private:
+  std::vector<PenaltyToken> tokens_;
+  absl::flat_hash_map<int32_t, size_t> index_;  // token -> its entry
+};
+
 // One sequence's token choice for one step as plain data, so that any backend can carry it out:
 // the host reference (SampleRow) or a device sampler (the CUDA backend's). Made by
 // SequenceSampler::Prepare.
@@ -132,10 +146,8 @@ class SequenceSampler {
 
   SamplingParams params_;
   std::mt19937_64 rng_;
-  // Incremental penalty list (see Prepare): the spans it was built from, and a token -> entry
-  // index.
-  std::vector<PenaltyToken> penalties_;
-  absl::flat_hash_map<int32_t, size_t> penalty_index_;
+  // Incremental penalty list (see Prepare) and the spans it was built from.
+  PenaltyTokenList penalties_;
   const int32_t* prompt_data_ = nullptr;
   size_t prompt_size_ = 0;
   const int32_t* output_data_ = nullptr;
