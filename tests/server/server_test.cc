@@ -152,19 +152,51 @@ TEST(ServerTest, ConcurrentStreamsGiveWhatEachGivesAlone) {
 }
 
 TEST(ServerTest, CancelAndDeadlineFreeEveryBlock) {
-  Server s(TestConfig("llama2-mha"));
+  // One sequence at a time, so a request queued behind long ones waits as long as they run.
+  ServerConfig config = TestConfig("llama2-mha");
+  config.engine.max_num_seqs = 1;
+  config.engine.num_blocks = 512;
+  Server s(std::move(config));
   ASSERT_TRUE(s.Start().ok());
   StreamResult cancelled = RunStream(
       s.stub(), GreedyIds({1, 5, 9, 13}, 400), std::chrono::seconds(60),
       [](grpc::ClientContext& context, const v1::GenerateChunk&) { context.TryCancel(); });
   EXPECT_EQ(cancelled.status.error_code(), grpc::StatusCode::CANCELLED);
   EXPECT_TRUE(s.WaitIdle()) << "cancel left blocks or a live request behind";
+
+  // The deadline must fall while the request is in the engine whatever the machine's speed: it
+  // waits behind three 1500-token requests (thousands of decode steps) that are cancelled once
+  // it has its status.
+  constexpr int kBlockers = 3;
+  std::atomic<bool> release{false};
+  std::vector<StreamResult> blockers(kBlockers);
+  std::vector<std::thread> blocker_clients;
+  for (int i = 0; i < kBlockers; ++i) {
+    blocker_clients.emplace_back([&, i] {
+      blockers[i] =
+          RunStream(s.stub(), GreedyIds(Prompt(i, 4, 1000), 1500), std::chrono::seconds(120),
+                    [&](grpc::ClientContext& context, const v1::GenerateChunk&) {
+                      if (release) context.TryCancel();
+                    });
+    });
+  }
+  while (s.server().engine()->num_live() < kBlockers) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
   StreamResult late =
       RunStream(s.stub(), GreedyIds({1, 5, 9, 13}, 400), std::chrono::milliseconds(30));
+  release = true;
+  for (auto& t : blocker_clients) t.join();
   EXPECT_EQ(late.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_TRUE(late.tokens.empty()) << "the late request ran before the ones it queued behind";
+  int cancelled_blockers = 0;
+  for (const StreamResult& b : blockers) {
+    if (b.status.error_code() == grpc::StatusCode::CANCELLED) ++cancelled_blockers;
+  }
+  EXPECT_EQ(cancelled_blockers, kBlockers) << "a blocker ran to its end: the premise failed";
   EXPECT_TRUE(s.WaitIdle()) << "a deadline left blocks or a live request behind";
   auto m = s.Metrics();
-  EXPECT_GE(m["sals:request_success_total{finished_reason=\"abort\"}"], 2);
+  EXPECT_EQ(m["sals:request_success_total{finished_reason=\"abort\"}"], 2 + cancelled_blockers);
   // Abort by id of a request that is not running.
   v1::AbortRequest abort;
   abort.set_request_id("nope");
