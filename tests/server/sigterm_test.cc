@@ -7,6 +7,7 @@
 #include <chrono>
 #include <string>
 #include <thread>
+#include <utility>
 
 #include "gtest/gtest.h"
 #include "tests/server/server_test_util.h"
@@ -14,21 +15,28 @@
 namespace sals {
 namespace {
 
-// A port the kernel just handed out on loopback (free now, almost surely still free next).
-int FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
+// Two distinct ports the kernel just handed out on loopback (both sockets held until both are
+// known; free now, almost surely still free next).
+std::pair<int, int> FreePorts() {
+  int fds[2];
+  int ports[2];
+  for (int i = 0; i < 2; ++i) {
+    fds[i] = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(fds[i], reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+    socklen_t len = sizeof(addr);
+    getsockname(fds[i], reinterpret_cast<sockaddr*>(&addr), &len);
+    ports[i] = ntohs(addr.sin_port);
+  }
+  close(fds[0]);
+  close(fds[1]);
+  return {ports[0], ports[1]};
 }
 
 TEST(ServerSigtermTest, DrainsInFlightStreamsAndExitsZero) {
-  const int grpc_port = FreePort(), metrics_port = FreePort();
+  const auto [grpc_port, metrics_port] = FreePorts();
   const std::string listen = "127.0.0.1:" + std::to_string(grpc_port);
   const std::string metrics = "127.0.0.1:" + std::to_string(metrics_port);
   const std::string model = std::string(SALS_FIXTURES_DIR) + "/llama2-mha";

@@ -1,9 +1,11 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -163,11 +165,24 @@ TEST(RandomWeightsTest, ChecksNamesShapesAndSizes) {
   EXPECT_TRUE(w->Check("model.norm.weight", std::vector<int64_t>{c.hidden_size}).ok());
 }
 
-// A 7B-sized tensor is generated quickly and the model is never materialized up front.
-TEST(RandomWeightsTest, LargeModelsAreCheapToCreateAndFastToRead) {
+// Resident memory of this process, from /proc/self/statm (0 where unreadable).
+int64_t ResidentBytes() {
+  std::ifstream statm("/proc/self/statm");
+  int64_t size_pages = 0;
+  int64_t resident_pages = 0;
+  if (!(statm >> size_pages >> resident_pages)) return 0;
+  return resident_pages * sysconf(_SC_PAGESIZE);
+}
+
+// An 8B-sized model is never materialized: creating it costs no memory (it would take 32 GB as
+// fp32), and a tensor is generated only when read. (How fast is bench material, not a test's.)
+TEST(RandomWeightsTest, LargeModelsAreGeneratedOnlyWhenRead) {
   absl::StatusOr<ModelConfig> c = SyntheticModelConfig("llama-3.1-8b");
   ASSERT_TRUE(c.ok());
-  auto w = MakeRandomWeights(*c, 0);  // would take 32 GB if materialized
+  const int64_t before = ResidentBytes();
+  ASSERT_GT(before, 0) << "cannot read /proc/self/statm";
+  auto w = MakeRandomWeights(*c, 0);
+  EXPECT_LT(ResidentBytes() - before, int64_t{64} << 20);
   const std::vector<int64_t> shape = {c->intermediate_size, c->hidden_size};
   std::vector<float> out(shape[0] * shape[1]);
   const auto start = std::chrono::steady_clock::now();
@@ -176,7 +191,6 @@ TEST(RandomWeightsTest, LargeModelsAreCheapToCreateAndFastToRead) {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::printf("generated %zu values in %.3f s (%.0f M values/s)\n", out.size(), seconds,
               out.size() / seconds / 1e6);
-  EXPECT_LT(seconds, 5.0);  // generous: shared CI machines
   const Stats s = Moments(out);
   EXPECT_NEAR(s.std, 1.0 / std::sqrt(c->hidden_size), 1e-4);
 }
