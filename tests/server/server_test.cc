@@ -158,10 +158,12 @@ TEST(ServerTest, CancelAndDeadlineFreeEveryBlock) {
   config.engine.num_blocks = 512;
   Server s(std::move(config));
   ASSERT_TRUE(s.Start().ok());
+  // Cancelled at its first chunk, long before its 1500th token.
   StreamResult cancelled = RunStream(
-      s.stub(), GreedyIds({1, 5, 9, 13}, 400), std::chrono::seconds(60),
+      s.stub(), GreedyIds({1, 5, 9, 13}, 1500), std::chrono::seconds(60),
       [](grpc::ClientContext& context, const v1::GenerateChunk&) { context.TryCancel(); });
   EXPECT_EQ(cancelled.status.error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_LT(cancelled.tokens.size(), 1500u);
   EXPECT_TRUE(s.WaitIdle()) << "cancel left blocks or a live request behind";
 
   // The deadline must fall while the request is in the engine whatever the machine's speed: it

@@ -15,10 +15,31 @@ namespace sals::testing {
 class CollectingSink : public RequestSink {
  public:
   void OnChunk(TokenChunk chunk) override {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::unique_lock<std::mutex> lock(mu_);
     tokens_.insert(tokens_.end(), chunk.token_ids.begin(), chunk.token_ids.end());
     text_ += chunk.text;
     ++chunks_;
+    if (hold_at_ > 0 && tokens_.size() >= hold_at_ && !released_) {
+      held_ = true;
+      cv_.notify_all();
+      cv_.wait(lock, [&] { return released_; });
+    }
+  }
+  // Once `tokens` tokens are in, OnChunk blocks the engine's step thread until Release(), so a
+  // test can act between two steps however fast the machine runs them.
+  void HoldAfter(size_t tokens) {
+    std::lock_guard<std::mutex> lock(mu_);
+    hold_at_ = tokens;
+  }
+  // Whether the hold was reached within `timeout`.
+  bool WaitHeld(std::chrono::seconds timeout = std::chrono::seconds(120)) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, timeout, [&] { return held_; });
+  }
+  void Release() {
+    std::lock_guard<std::mutex> lock(mu_);
+    released_ = true;
+    cv_.notify_all();
   }
   void OnComplete(const Completion& completion) override {
     std::lock_guard<std::mutex> lock(mu_);
@@ -53,6 +74,9 @@ class CollectingSink : public RequestSink {
   int chunks_ = 0;
   int completions_ = 0;
   std::optional<Completion> completion_;
+  size_t hold_at_ = 0;  // 0: never hold
+  bool held_ = false;
+  bool released_ = false;
 };
 
 }  // namespace sals::testing

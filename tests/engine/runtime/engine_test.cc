@@ -4,7 +4,6 @@
 
 #include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -106,12 +105,15 @@ TEST(EngineTest, AbortEndsTheStreamAndFreesItsBlocks) {
   auto sink = std::make_shared<CollectingSink>();
   GenerationRequest r = Greedy({1, 5, 9, 13}, 200);
   r.id = "long";
+  sink->HoldAfter(3);  // the engine waits after the third token until the abort is in
   ASSERT_TRUE(engine->Submit(r, sink).ok());
-  while (sink->tokens().size() < 3) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  ASSERT_TRUE(sink->WaitHeld());
   EXPECT_TRUE(engine->Abort("long"));
+  sink->Release();
   auto done = sink->Wait();
   ASSERT_TRUE(done.has_value());
   EXPECT_EQ(done->reason, FinishReason::kAbort);
+  EXPECT_LT(sink->tokens().size(), 200u);
   EXPECT_FALSE(engine->Abort("long"));
   EXPECT_EQ(engine->num_live(), 0);
   // The whole pool is available again: a request needing every block is accepted and runs.
