@@ -34,10 +34,31 @@ grpc::Status ToGrpc(const absl::Status& s) {
 
 const grpc::Status kNotReady(grpc::StatusCode::UNAVAILABLE, "the model is still loading");
 
+// A raw request as T, or INVALID_ARGUMENT when protobuf rejects it.
+template <typename T>
+absl::StatusOr<T> ParseRequest(const grpc::ByteBuffer& raw) {
+  grpc::ByteBuffer copy(raw);  // Deserialize consumes its buffer; the copy shares the slices
+  T message;
+  if (!grpc::SerializationTraits<T>::Deserialize(&copy, &message).ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the request is not a valid ", T::descriptor()->full_name(),
+                     " message (its string fields, such as text and stop, must be UTF-8)"));
+  }
+  return message;
+}
+
+template <typename T>
+grpc::ByteBuffer SerializeResponse(const T& message) {
+  grpc::ByteBuffer out;
+  bool own_buffer = false;
+  grpc::SerializationTraits<T>::Serialize(message, &out, &own_buffer);
+  return out;
+}
+
 // One Generate stream. The engine writes into it from its step thread (as the request's sink);
 // gRPC calls OnWriteDone / OnCancel / OnDone on its own threads. Output is coalesced while a
 // write is in flight, so a slow client never blocks the engine.
-class GenerateReactor : public grpc::ServerWriteReactor<v1::GenerateResponse> {
+class GenerateReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   // The engine-facing half. It outlives the reactor when the engine still holds it.
   class Sink : public RequestSink {
@@ -75,10 +96,12 @@ class GenerateReactor : public grpc::ServerWriteReactor<v1::GenerateResponse> {
     void MaybeWriteLocked() {
       if (reactor_ == nullptr || writing_ || broken_ || finished_) return;
       if (pending_.empty()) return;
-      current_ = std::move(pending_.front());
+      v1::GenerateResponse& next = pending_.front();
+      next.set_request_id(request_id_);
+      const bool last = next.has_complete();
+      current_ = SerializeResponse(next);
       pending_.pop_front();
-      current_.set_request_id(request_id_);
-      if (current_.has_complete()) {
+      if (last) {
         // The last message: write it and finish the call in one operation.
         finished_ = true;
         reactor_->StartWriteAndFinish(&current_, grpc::WriteOptions(), grpc::Status::OK);
@@ -94,7 +117,7 @@ class GenerateReactor : public grpc::ServerWriteReactor<v1::GenerateResponse> {
     const Tokenizer* tokenizer_;
     std::string request_id_;
     std::deque<v1::GenerateResponse> pending_;
-    v1::GenerateResponse current_;  // the message being written
+    grpc::ByteBuffer current_;  // the message being written
     bool writing_ = false;
     bool broken_ = false;
     bool finished_ = false;
@@ -149,7 +172,7 @@ class GenerateReactor : public grpc::ServerWriteReactor<v1::GenerateResponse> {
 };
 
 // A reactor that fails at once.
-class ErrorReactor : public grpc::ServerWriteReactor<v1::GenerateResponse> {
+class ErrorReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   explicit ErrorReactor(const grpc::Status& status) { Finish(status); }
   void OnDone() override { delete this; }
@@ -157,24 +180,34 @@ class ErrorReactor : public grpc::ServerWriteReactor<v1::GenerateResponse> {
 
 }  // namespace
 
-grpc::ServerWriteReactor<v1::GenerateResponse>* GenerationService::Generate(
-    grpc::CallbackServerContext* /*context*/, const v1::GenerateRequest* request) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerationService::Generate(
+    grpc::CallbackServerContext* /*context*/, const grpc::ByteBuffer* raw) {
   Engine* engine = engine_.load();
   if (engine == nullptr) return new ErrorReactor(kNotReady);
+  absl::StatusOr<v1::GenerateRequest> request = ParseRequest<v1::GenerateRequest>(*raw);
+  if (!request.ok()) {
+    metrics_->OnRejected(std::string(absl::StatusCodeToString(request.status().code())));
+    return new ErrorReactor(ToGrpc(request.status()));
+  }
   return new GenerateReactor(engine, *request, default_max_tokens_, metrics_);
 }
 
 grpc::ServerUnaryReactor* GenerationService::Abort(grpc::CallbackServerContext* context,
-                                                   const v1::AbortRequest* request,
-                                                   v1::AbortResponse* response) {
+                                                   const grpc::ByteBuffer* raw,
+                                                   grpc::ByteBuffer* raw_response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   Engine* engine = engine_.load();
+  absl::StatusOr<v1::AbortRequest> request = ParseRequest<v1::AbortRequest>(*raw);
   if (engine == nullptr) {
     reactor->Finish(kNotReady);
+  } else if (!request.ok()) {
+    reactor->Finish(ToGrpc(request.status()));
   } else if (request->request_id().empty()) {
     reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "request_id is empty"));
   } else {
-    response->set_found(engine->Abort(request->request_id()));
+    v1::AbortResponse response;
+    response.set_found(engine->Abort(request->request_id()));
+    *raw_response = SerializeResponse(response);
     reactor->Finish(grpc::Status::OK);
   }
   return reactor;

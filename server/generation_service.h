@@ -1,5 +1,8 @@
 // gRPC adaptation of the engine: one reactor per Generate stream (one write in flight, never
 // blocking in a callback; cancel or deadline aborts the sequence), unary Abort and GetModelInfo.
+// Generate and Abort take their requests as raw bytes and parse them here: for a request protobuf
+// rejects (a string field that is not UTF-8) gRPC itself answers UNIMPLEMENTED with no message;
+// here it gets INVALID_ARGUMENT saying why.
 #pragma once
 
 #include <atomic>
@@ -10,7 +13,9 @@
 
 namespace sals {
 
-class GenerationService final : public v1::Generation::CallbackService {
+class GenerationService final
+    : public v1::Generation::WithRawCallbackMethod_Generate<
+          v1::Generation::WithRawCallbackMethod_Abort<v1::Generation::CallbackService>> {
  public:
   GenerationService(int default_max_tokens, ServerMetrics* metrics)
       : default_max_tokens_(default_max_tokens), metrics_(metrics) {}
@@ -18,11 +23,13 @@ class GenerationService final : public v1::Generation::CallbackService {
   // Until set (model loaded and warmed up), calls answer UNAVAILABLE.
   void SetEngine(Engine* engine) { engine_.store(engine); }
 
-  grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(
-      grpc::CallbackServerContext* context, const v1::GenerateRequest* request) override;
+  // Streams sals.v1.GenerateResponse messages for one sals.v1.GenerateRequest.
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Generate(grpc::CallbackServerContext* context,
+                                                       const grpc::ByteBuffer* request) override;
+  // sals.v1.AbortRequest in, sals.v1.AbortResponse out.
   grpc::ServerUnaryReactor* Abort(grpc::CallbackServerContext* context,
-                                  const v1::AbortRequest* request,
-                                  v1::AbortResponse* response) override;
+                                  const grpc::ByteBuffer* request,
+                                  grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
                                          const v1::GetModelInfoRequest* request,
                                          v1::GetModelInfoResponse* response) override;

@@ -4,8 +4,12 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
+#include <limits>
 #include <map>
 #include <memory>
+#include <random>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -206,6 +210,12 @@ TEST(ServerTest, CancelAndDeadlineFreeEveryBlock) {
   grpc::ClientContext context;
   ASSERT_TRUE(s.stub().Abort(&context, abort, &response).ok());
   EXPECT_FALSE(response.found());
+  abort.set_request_id("\xff");
+  grpc::ClientContext bad_context;
+  const grpc::Status bad = s.stub().Abort(&bad_context, abort, &response);
+  EXPECT_EQ(bad.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(bad.error_message().find("sals.v1.AbortRequest"), std::string::npos)
+      << bad.error_message();
 }
 
 TEST(ServerTest, MoreLongRequestsThanThePoolHoldsAllComplete) {
@@ -250,6 +260,12 @@ TEST(ServerTest, BadInputGetsInvalidArgumentNamingTheField) {
   expect_invalid(GreedyIds({1, 5000}, 4), "vocabulary");
   expect_invalid(GreedyIds({1, 2}, 100000), "max_tokens");
   r = GreedyIds({1, 2}, 4);
+  r.set_text("caf\xc3");  // protobuf refuses to parse it: gRPC alone would say UNIMPLEMENTED
+  expect_invalid(r, "UTF-8");
+  r = GreedyIds({1, 2}, 4);
+  r.mutable_sampling()->add_stop("\xff");
+  expect_invalid(r, "UTF-8");
+  r = GreedyIds({1, 2}, 4);
   r.mutable_sampling()->set_top_p(1.5f);
   expect_invalid(r, "top_p");
   r = GreedyIds({1, 2}, 4);
@@ -268,6 +284,120 @@ TEST(ServerTest, BadInputGetsInvalidArgumentNamingTheField) {
   StreamResult ok = RunStream(s.stub(), GreedyIds({1, 2, 3}, 3));
   EXPECT_TRUE(ok.status.ok());
   EXPECT_EQ(ok.tokens.size(), 3u);
+}
+
+// Random requests, many of them malformed in every field at once (NaN, infinities, negative and
+// huge values, bad UTF-8, ids past the vocabulary, duplicate request ids), from several clients at
+// once against a SALS pool: each gets a result or a clear refusal, never an internal error, and
+// the server ends idle and still serves.
+TEST(ServerTest, RandomMalformedRequestsGetResultsOrClearRefusals) {
+  ServerConfig config = TestConfig("mistral-gqa");
+  config.engine.kv_format = "sals-25";
+  config.engine.sink_tokens = 4;
+  config.engine.recent_tokens = 8;
+  config.engine.default_policy.sink_tokens = 4;
+  config.engine.default_policy.recent_tokens = 8;
+  Server s(config);
+  ASSERT_TRUE(s.Start().ok());
+  v1::GetModelInfoResponse info;
+  {
+    grpc::ClientContext context;
+    ASSERT_TRUE(s.stub().GetModelInfo(&context, {}, &info).ok());
+  }
+  const uint32_t vocab = info.vocab_size();
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  constexpr int kClients = 4;
+  constexpr int kPerClient = 60;
+  std::atomic<int> ok{0}, refused{0};
+  std::vector<std::string> failures(kClients);
+  std::vector<std::thread> clients;
+  for (int c = 0; c < kClients; ++c) {
+    clients.emplace_back([&, c] {
+      std::mt19937 rng(1000 + c);
+      auto pick = [&rng](auto values) {
+        return values[std::uniform_int_distribution<size_t>(0, values.size() - 1)(rng)];
+      };
+      auto chance = [&rng](double p) { return std::bernoulli_distribution(p)(rng); };
+      // A good value, or now and then (so that a fair share of requests is valid) a bad one.
+      auto either = [&](auto good, decltype(good) bad) {
+        return chance(0.06) ? pick(bad) : pick(good);
+      };
+      using F = std::vector<float>;
+      using U = std::vector<uint32_t>;
+      for (int i = 0; i < kPerClient; ++i) {
+        v1::GenerateRequest r;
+        if (chance(0.5)) r.set_request_id("id-" + std::to_string(rng() % 40));
+        if (chance(0.4)) {
+          r.set_text(either(std::vector<std::string>{"Hello there, friend.", std::string(300, 'a'),
+                                                     "caf\xc3\xa9 \xe2\x82\xac", "\n\t "},
+                            std::vector<std::string>{"", "\xff\xfe\xfd", "caf\xc3"}));
+        } else if (!chance(0.04)) {  // else no prompt at all
+          const int n = chance(0.04) ? 0 : 1 + static_cast<int>(rng() % 12);
+          for (int j = 0; j < n; ++j) {
+            r.mutable_token_ids()->add_ids(chance(0.01) ? vocab + rng() % 5 : rng() % vocab);
+          }
+        }
+        v1::SamplingParams& p = *r.mutable_sampling();
+        p.set_max_tokens(either(U{1, 3, 8}, U{0, 100000}));
+        if (chance(0.5)) p.set_temperature(either(F{0, 0.7f, 1, 100}, F{-1, nan, inf}));
+        if (chance(0.4)) p.set_top_k(either(std::vector<int32_t>{-1, 0, 1, 3, 1000000}, {-5}));
+        if (chance(0.4)) p.set_top_p(either(F{1e-9f, 0.5f, 1}, F{0, 1.5f, nan}));
+        if (chance(0.3)) p.set_min_p(either(F{0, 0.3f, 1}, F{-0.1f, 2, nan}));
+        if (chance(0.3)) p.set_repetition_penalty(either(F{0.5f, 1, 2}, F{0, -1, nan, inf}));
+        if (chance(0.3)) p.set_frequency_penalty(either(F{-2, 0, 2}, F{-3, 3, nan}));
+        if (chance(0.3)) p.set_presence_penalty(either(F{-2, 0, 1.5f}, F{-3, inf}));
+        if (chance(0.5)) p.set_seed(rng());
+        if (chance(0.3)) {
+          p.add_stop(either(std::vector<std::string>{"a", " the", "\xc3\xa9"},
+                            std::vector<std::string>{"", "\xff"}));
+        }
+        if (chance(0.2))
+          p.add_stop_token_ids(either(U{static_cast<uint32_t>(rng() % vocab)}, U{vocab + 7}));
+        p.set_ignore_eos(chance(0.5));
+        if (chance(0.3)) p.set_logprobs(either(U{0, 1, 5, 20}, U{21, 1000}));
+        if (chance(0.5)) {
+          v1::AttentionPolicy& a = *r.mutable_attention();
+          a.set_preset(either(
+              std::vector<v1::AttentionPolicy::Preset>{
+                  v1::AttentionPolicy::PRESET_UNSPECIFIED, v1::AttentionPolicy::PRESET_DENSE,
+                  v1::AttentionPolicy::PRESET_SALS_25, v1::AttentionPolicy::PRESET_SALS_12_5},
+              {static_cast<v1::AttentionPolicy::Preset>(42)}));
+          if (chance(0.3))
+            a.set_topk_fraction(either(std::vector<double>{0.1, 0.5, 1}, {-1, 0, 2, nan}));
+          if (chance(0.3)) a.set_token_budget(either(U{1, 5, 1000000000}, U{0}));
+          if (chance(0.3)) a.set_sink_tokens(either(U{0, 1, 4}, U{1000}));
+          if (chance(0.3)) a.set_recent_tokens(either(U{1, 8}, U{0, 1000}));
+        }
+        const StreamResult result = RunStream(s.stub(), r);
+        const grpc::StatusCode code = result.status.error_code();
+        const std::string where = "client " + std::to_string(c) + " request " + std::to_string(i);
+        if (code == grpc::StatusCode::OK) {
+          ++ok;
+          if (!result.has_complete || result.tokens.size() > p.max_tokens()) {
+            failures[c] += where + ": OK without a completion or past max_tokens\n";
+          }
+        } else if (code == grpc::StatusCode::INVALID_ARGUMENT ||
+                   code == grpc::StatusCode::ALREADY_EXISTS) {
+          ++refused;
+          if (result.status.error_message().empty()) failures[c] += where + ": no message\n";
+        } else {
+          failures[c] += where + ": status " + std::to_string(code) + " " +
+                         result.status.error_message() + " for " + r.ShortDebugString() + "\n";
+        }
+      }
+    });
+  }
+  for (auto& t : clients) t.join();
+  for (const std::string& f : failures) EXPECT_TRUE(f.empty()) << f;
+  std::printf("%d served, %d refused\n", ok.load(), refused.load());
+  // Both kinds of outcome occurred, so the mix exercised the paths it claims to.
+  EXPECT_GT(ok.load(), kClients * kPerClient / 10);
+  EXPECT_GT(refused.load(), kClients * kPerClient / 10);
+  EXPECT_TRUE(s.WaitIdle()) << "requests left blocks or live requests behind";
+  StreamResult good = RunStream(s.stub(), GreedyIds({1, 2, 3}, 3));
+  EXPECT_TRUE(good.status.ok()) << good.status.error_message();
+  EXPECT_EQ(good.tokens.size(), 3u);
 }
 
 TEST(ServerTest, FullWaitingQueueIsResourceExhausted) {
