@@ -132,6 +132,21 @@ absl::Status Engine::Validate(const GenerationRequest& request) const {
                        " is outside the vocabulary [0, ", vocab, ")"));
     }
   }
+  if (request.stop.size() > kMaxStopStrings) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("stop: ", request.stop.size(), " strings, at most ", kMaxStopStrings));
+  }
+  for (size_t i = 0; i < request.stop.size(); ++i) {
+    if (request.stop[i].size() > kMaxStopStringBytes) {
+      return absl::InvalidArgumentError(absl::StrCat("stop: string ", i, " has ",
+                                                     request.stop[i].size(), " bytes, at most ",
+                                                     kMaxStopStringBytes));
+    }
+  }
+  if (request.stop_token_ids.size() > kMaxStopTokenIds) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "stop_token_ids: ", request.stop_token_ids.size(), " ids, at most ", kMaxStopTokenIds));
+  }
   for (int32_t id : request.stop_token_ids) {
     if (id < 0 || id >= vocab) {
       return absl::InvalidArgumentError(

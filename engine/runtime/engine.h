@@ -45,6 +45,10 @@ class Engine {
 
   // Checks a request against the model, the pool and its own fields; messages name the field.
   absl::Status Validate(const GenerationRequest& request) const;
+  // Bounds on what one request may ask the step thread to check per token.
+  static constexpr size_t kMaxStopStrings = 64;
+  static constexpr size_t kMaxStopStringBytes = 1024;
+  static constexpr size_t kMaxStopTokenIds = 1024;
 
   // Queues a request; its output goes to `sink`. InvalidArgument (see Validate), AlreadyExists
   // (a live request has the id), ResourceExhausted (waiting queue full), Unavailable (draining).

@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "tests/server/server_test_util.h"
 
@@ -265,6 +266,16 @@ TEST(ServerTest, BadInputGetsInvalidArgumentNamingTheField) {
   r = GreedyIds({1, 2}, 4);
   r.mutable_sampling()->add_stop("\xff");
   expect_invalid(r, "UTF-8");
+  r = GreedyIds({1, 2}, 4);
+  for (int i = 0; i < 65; ++i) r.mutable_sampling()->add_stop(absl::StrCat("s", i));
+  expect_invalid(r, "stop: 65 strings, at most 64");
+  r = GreedyIds({1, 2}, 4);
+  r.mutable_sampling()->add_stop("fine");
+  r.mutable_sampling()->add_stop(std::string(1025, 'x'));
+  expect_invalid(r, "stop: string 1 has 1025 bytes");
+  r = GreedyIds({1, 2}, 4);
+  for (int i = 0; i < 1025; ++i) r.mutable_sampling()->add_stop_token_ids(1);
+  expect_invalid(r, "stop_token_ids: 1025 ids");
   r = GreedyIds({1, 2}, 4);
   r.mutable_sampling()->set_top_p(1.5f);
   expect_invalid(r, "top_p");
