@@ -40,6 +40,18 @@ ServerConfig TestConfig(const std::string& flavour) {
   return c;
 }
 
+// A SALS-25% pool on the GQA fixture (4 layers: layer 2 is sparse), short sink and recent windows
+// so that the fixture's short prompts have a middle to select from.
+ServerConfig SalsTestConfig() {
+  ServerConfig c = TestConfig("mistral-gqa");
+  c.engine.kv_format = "sals-25";
+  c.engine.sink_tokens = 4;
+  c.engine.recent_tokens = 8;
+  c.engine.default_policy.sink_tokens = 4;
+  c.engine.default_policy.recent_tokens = 8;
+  return c;
+}
+
 class Server {
  public:
   explicit Server(ServerConfig config) : server_(std::move(config)) {}
@@ -302,13 +314,7 @@ TEST(ServerTest, BadInputGetsInvalidArgumentNamingTheField) {
 // once against a SALS pool: each gets a result or a clear refusal, never an internal error, and
 // the server ends idle and still serves.
 TEST(ServerTest, RandomMalformedRequestsGetResultsOrClearRefusals) {
-  ServerConfig config = TestConfig("mistral-gqa");
-  config.engine.kv_format = "sals-25";
-  config.engine.sink_tokens = 4;
-  config.engine.recent_tokens = 8;
-  config.engine.default_policy.sink_tokens = 4;
-  config.engine.default_policy.recent_tokens = 8;
-  Server s(config);
+  Server s(SalsTestConfig());
   ASSERT_TRUE(s.Start().ok());
   v1::GetModelInfoResponse info;
   {
@@ -447,13 +453,7 @@ TEST(ServerTest, SharedPrefixIsServedFromCachedBlocks) {
 }
 
 TEST(ServerTest, SalsPoolServesTextAndReusesPrefixes) {
-  ServerConfig config = TestConfig("mistral-gqa");  // 4 layers: layer 2 is sparse
-  config.engine.kv_format = "sals-25";
-  config.engine.sink_tokens = 4;
-  config.engine.recent_tokens = 8;
-  config.engine.default_policy.sink_tokens = 4;
-  config.engine.default_policy.recent_tokens = 8;
-  Server s(config);
+  Server s(SalsTestConfig());
   ASSERT_TRUE(s.Start().ok()) << "SALS server";
   v1::GetModelInfoResponse info;
   grpc::ClientContext context;
