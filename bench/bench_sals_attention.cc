@@ -1,18 +1,19 @@
 // Benchmark of one layer's SALS decode attention step (sals_decode.h: latent query, scores,
-// top-k, gather + GEMM key rebuild + RoPE + dequantization + attention, combine; also with the
-// fused in-kernel rebuild) against our dense paged decode kernel (attention.h) and, from a JSON
-// file written by bench/sdpa_reference.py in the same device session, torch SDPA with the flash
-// (FlashAttention-2) and cuDNN backends.
+// top-k, the fused sparse-latent attention kernel and its split combine) against our dense paged
+// decode kernel (attention.h) and, from a JSON file written by bench/sdpa_reference.py in the
+// same device session, torch SDPA with the flash (FlashAttention-2) and cuDNN backends.
 //
 // Shapes: 32 query heads x 128, fp16, MHA (32 KV heads) and GQA (8 KV heads), batch {1, 8, 16,
-// 32} x context {4K, 32K}. SALS-25%: rank D/4, 4-bit values; SALS-12.5%: rank D/8, 2-bit values;
+// 32, 64} x context {4K, 32K, 128K} up to 2M cached tokens in all. SALS-25%: rank D/4, 4-bit values; SALS-12.5%: rank D/8, 2-bit values;
 // both group 32, top 1/8 of the context + 16 sinks + 64 recent tokens, scores over rank/2 dims.
 // Each step runs as a CUDA graph (the decode path is graph-friendly; SDPA is timed as graphs
 // too); times are medians of back-to-back replays between CUDA events after a warm-up, on random
 // inputs, rotating over copies of the cache where one copy would fit in the L2.
 //
-// Usage: bench_sals_attention [--sdpa sdpa.json] [--json out.json]
-#include <cublas_v2.h>
+// Usage: bench_sals_attention [--sdpa sdpa.json] [--json out.json] [--gpu NAME] [--attn MHA|GQA]
+//   [--batches 1,8,...] [--contexts 4096,...]
+// The JSON's "results" hold one flat record per row (gpu, batch, context, num_kv_heads, fa2_us,
+// cudnn_us, dense_us, sals_25_us, sals_12_5_us); "stages" the per-stage times of each SALS row.
 #include <cuda_fp16.h>
 
 #include <algorithm>
@@ -44,8 +45,8 @@ constexpr int kBlockSize = 16;
 constexpr int kSinks = 16;
 constexpr int kRecent = 64;
 constexpr int kGroupSize = 32;
-constexpr int kMaxBatch = 32;
-constexpr int kMaxContext = 32768;
+constexpr int64_t kMaxTokens = int64_t{64} * 32768;  // batch x context of the largest row
+constexpr int kMaxBatch = 64;
 constexpr int kMaxRotations = 8;
 constexpr int kWarmup = 5;
 constexpr int kRuns = 30;
@@ -126,7 +127,7 @@ DeviceBuffer<T> Upload(const std::vector<T>& host) {
 }
 
 int Rotations(double step_bytes, int batch, int context) {
-  const int fit = kMaxBatch * kMaxContext / (batch * context);
+  const int fit = static_cast<int>(kMaxTokens / (static_cast<int64_t>(batch) * context));
   const int want = static_cast<int>(std::ceil(kRotationBytes / step_bytes));
   return std::clamp(std::min(want, fit), 1, kMaxRotations);
 }
@@ -154,13 +155,13 @@ constexpr SalsConfig kConfigs[] = {{"SALS-25%", 4, 4}, {"SALS-12.5%", 8, 2}};
 
 struct SalsTiming {
   double total_us = 0;
-  double fused_us = 0;   // the same step with the fused rebuild (wgmma or mma.sync)
-  double path_diff = 0;  // max |GEMM - fused| output over max |output|
+  double mma_us = 0;     // the same step with the rebuild on mma.sync (where wgmma is the default)
+  double path_diff = 0;  // max |wgmma - mma.sync| output over max |output|
   double query_us = 0, score_us = 0, topk_us = 0, attention_us = 0;
-  double gemm_us = 0;  // the attention stage's GEMMs alone (every round)
   int score_block_tokens = 0;
-  int tile = 0, heads_per_block = 0, chunk = 0, selected = 0;
-  bool wgmma = false;         // of the fused step
+  int heads_per_block = 0, warpgroups = 0, buffers = 0, splits = 0, selected = 0;
+  bool stream_u = false;
+  bool wgmma = false;
   double rebuild_tflops = 0;  // 2 * batch * selected * rank * D over the attention stage
 };
 
@@ -174,7 +175,7 @@ struct SalsPool {
       : kv_heads(kv_heads_), bits(config.bits) {
     const int width = kv_heads * kHeadDim;
     rank = width / config.rank_divisor;
-    const size_t slots = size_t{kMaxBatch} * kMaxContext;
+    const size_t slots = kMaxTokens;
     const size_t sequences = size_t{kMaxBatch} * kMaxRotations;
     latent = Check(DeviceBuffer<__half>::Allocate(slots * rank));
     codes = Check(DeviceBuffer<uint8_t>::Allocate(slots * width * bits / 8));
@@ -226,7 +227,7 @@ struct SalsPool {
 };
 
 SalsTiming RunSals(const SalsPool& pool, int batch, int context, std::mt19937_64& rng,
-                   cudaStream_t stream, cublasHandle_t blas) {
+                   cudaStream_t stream) {
   const int width = pool.kv_heads * kHeadDim;
   const int cached = context - 1;  // plus the new token: `context` keys, as SDPA and dense
   SalsSelectionPolicy policy;
@@ -270,11 +271,12 @@ SalsTiming RunSals(const SalsPool& pool, int batch, int context, std::mt19937_64
     return c;
   };
   const SalsDecodePlan plan =
-      Check(PlanSalsDecode(cache_for(0), policy, batch, kNumHeads, cached, SalsKeyRebuild::kGemm));
-  const SalsDecodePlan fused_plan =
-      Check(PlanSalsDecode(cache_for(0), policy, batch, kNumHeads, cached, SalsKeyRebuild::kFused));
+      Check(PlanSalsDecode(cache_for(0), policy, batch, kNumHeads, cached));
+  const SalsDecodePlan mma_plan = Check(PlanSalsDecode(cache_for(0), policy, batch, kNumHeads,
+                                                       cached, /*allow_wgmma=*/false));
   const SalsWorkspaceLayout ws = SalsDecodeWorkspace(pool.View(), plan);
-  auto workspace = Check(DeviceBuffer<uint8_t>::Allocate(ws.bytes));
+  auto workspace = Check(DeviceBuffer<uint8_t>::Allocate(
+      std::max(ws.bytes, SalsDecodeWorkspace(pool.View(), mma_plan).bytes)));
   uint8_t* base = workspace.get();
   float* q_latent = reinterpret_cast<float*>(base + ws.q_latent);
   float* scores = reinterpret_cast<float*>(base + ws.scores);
@@ -285,15 +287,17 @@ SalsTiming RunSals(const SalsPool& pool, int batch, int context, std::mt19937_64
 
   auto step = [&](const SalsDecodePlan& p, int r) {
     Check(SalsDecodeAttention(DType::kF16, cache_for(r), policy, p, q_pre.get(), q, row, k_new,
-                              v_new, row, d_inv_freq.get(), scale, base, out.get(), stream, blas));
+                              v_new, row, d_inv_freq.get(), scale, base, out.get(), stream));
   };
-  // Graphs per rotation for the step, the fused step, and each stage alone.
-  enum Stage { kStep, kFusedStep, kQuery, kScore, kTopK, kAttention, kGemm, kNumStages };
+  // Graphs per rotation for the step, the step on mma.sync, and each stage alone.
+  enum Stage { kStep, kMmaStep, kQuery, kScore, kTopK, kAttention, kNumStages };
   std::vector<std::vector<Graph>> graphs(kNumStages);
   for (int r = 0; r < rotations; ++r) {
     const SalsKvCache c = cache_for(r);
     graphs[kStep].push_back(Graph::Capture(stream, [&] { step(plan, r); }));
-    graphs[kFusedStep].push_back(Graph::Capture(stream, [&] { step(fused_plan, r); }));
+    if (plan.wgmma) {
+      graphs[kMmaStep].push_back(Graph::Capture(stream, [&] { step(mma_plan, r); }));
+    }
     graphs[kQuery].push_back(Graph::Capture(stream, [&] {
       Check(SalsLatentQuery(DType::kF16, c, policy, plan, q_pre.get(), row,
                             reinterpret_cast<float*>(base + ws.q_partial), q_latent, stream));
@@ -304,41 +308,24 @@ SalsTiming RunSals(const SalsPool& pool, int batch, int context, std::mt19937_64
         stream, [&] { Check(SalsTopK(c, policy, plan, scores, selected, stream)); }));
     graphs[kAttention].push_back(Graph::Capture(stream, [&] {
       Check(SalsSparseAttention(DType::kF16, c, policy, plan, q, row, k_new, v_new, row,
-                                d_inv_freq.get(), scale, selected, base, out.get(), stream, blas));
-    }));
-  }
-  // The rebuild GEMMs of the attention stage alone, on its workspace buffers.
-  for (int r = 0; r < rotations; ++r) {
-    graphs[kGemm].push_back(Graph::Capture(stream, [&] {
-      const float alpha = 1.0f, beta = 0.0f;
-      SALS_CUDA_CHECK(cudaGetLastError());
-      if (cublasSetStream(blas, stream) != CUBLAS_STATUS_SUCCESS) std::exit(1);
-      for (int first = 0; first < batch; first += plan.chunk_sequences) {
-        const int n = std::min(plan.chunk_sequences, batch - first);
-        if (cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, width, n * plan.max_topk, policy.rank,
-                         &alpha, pool.basis.get(), CUDA_R_16F, pool.rank, base + ws.gathered,
-                         CUDA_R_16F, policy.rank, &beta, base + ws.rebuilt, CUDA_R_16F, width,
-                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) != CUBLAS_STATUS_SUCCESS) {
-          std::fprintf(stderr, "cublasGemmEx failed\n");
-          std::exit(1);
-        }
-      }
+                                d_inv_freq.get(), scale, selected, base, out.get(), stream));
     }));
   }
   SalsTiming t;
   t.total_us = TimeGraphs(graphs[kStep], stream);
-  t.fused_us = TimeGraphs(graphs[kFusedStep], stream);
+  t.mma_us = plan.wgmma ? TimeGraphs(graphs[kMmaStep], stream) : t.total_us;
   t.query_us = TimeGraphs(graphs[kQuery], stream);
   t.score_us = TimeGraphs(graphs[kScore], stream);
   t.topk_us = TimeGraphs(graphs[kTopK], stream);
   graphs[kStep][0].Launch(stream);  // the selection the attention stage reads
   t.attention_us = TimeGraphs(graphs[kAttention], stream);
-  t.gemm_us = TimeGraphs(graphs[kGemm], stream);
   t.score_block_tokens = plan.score_block_tokens;
-  t.tile = plan.tile_tokens;
   t.heads_per_block = plan.heads_per_block;
-  t.chunk = plan.chunk_sequences;
-  t.wgmma = fused_plan.wgmma;
+  t.warpgroups = plan.warpgroups;
+  t.buffers = plan.buffers;
+  t.stream_u = plan.stream_u;
+  t.splits = plan.max_splits;
+  t.wgmma = plan.wgmma;
   t.selected = sel.topk;
   t.rebuild_tflops = 2.0 * batch * sel.topk * pool.rank * width / (t.attention_us * 1e-6) / 1e12;
   // Both rebuild paths on the same inputs: outputs must be numbers and agree.
@@ -352,16 +339,17 @@ SalsTiming RunSals(const SalsPool& pool, int batch, int context, std::mt19937_64
     return f;
   };
   const std::vector<float> main_out = output_of(graphs[kStep][0]);
-  const std::vector<float> fused_out = output_of(graphs[kFusedStep][0]);
+  const std::vector<float> mma_out =
+      plan.wgmma ? output_of(graphs[kMmaStep][0]) : main_out;
   float max_abs = 0.0f;
   float max_diff = 0.0f;
   for (size_t i = 0; i < main_out.size(); ++i) {
-    if (!std::isfinite(main_out[i]) || !std::isfinite(fused_out[i])) {
+    if (!std::isfinite(main_out[i]) || !std::isfinite(mma_out[i])) {
       std::fprintf(stderr, "non-finite SALS output at batch %d context %d\n", batch, context);
       std::exit(1);
     }
-    max_abs = std::max(max_abs, std::fabs(fused_out[i]));
-    max_diff = std::max(max_diff, std::fabs(main_out[i] - fused_out[i]));
+    max_abs = std::max(max_abs, std::fabs(main_out[i]));
+    max_diff = std::max(max_diff, std::fabs(main_out[i] - mma_out[i]));
   }
   t.path_diff = max_diff / std::max(max_abs, 1e-30f);
   return t;
@@ -446,41 +434,60 @@ std::string Us(double us) {
 int Main(int argc, char** argv) {
   const char* json_path = nullptr;
   const char* sdpa_path = nullptr;
+  std::string gpu_name;
+  std::string only_attn;
+  std::vector<int> batches = {1, 8, 16, 32, 64};
+  std::vector<int> contexts = {4096, 32768, 131072};
+  auto parse_list = [](const char* text) {
+    std::vector<int> out;
+    for (const char* p = text; *p != '\0';) {
+      char* end = nullptr;
+      out.push_back(static_cast<int>(std::strtol(p, &end, 10)));
+      if (end == p || out.back() <= 0) return std::vector<int>{};
+      p = *end == ',' ? end + 1 : end;
+    }
+    return out;
+  };
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--json") == 0 && i + 1 < argc) {
       json_path = argv[++i];
     } else if (std::strcmp(argv[i], "--sdpa") == 0 && i + 1 < argc) {
       sdpa_path = argv[++i];
+    } else if (std::strcmp(argv[i], "--gpu") == 0 && i + 1 < argc) {
+      gpu_name = argv[++i];
+    } else if (std::strcmp(argv[i], "--attn") == 0 && i + 1 < argc) {
+      only_attn = argv[++i];
+    } else if (std::strcmp(argv[i], "--batches") == 0 && i + 1 < argc) {
+      batches = parse_list(argv[++i]);
+    } else if (std::strcmp(argv[i], "--contexts") == 0 && i + 1 < argc) {
+      contexts = parse_list(argv[++i]);
     } else {
-      std::fprintf(stderr, "usage: %s [--sdpa sdpa.json] [--json out.json]\n", argv[0]);
+      batches.clear();
+    }
+    if (batches.empty() || contexts.empty()) {
+      std::fprintf(stderr,
+                   "usage: %s [--sdpa sdpa.json] [--json out.json] [--gpu NAME] [--attn MHA|GQA] "
+                   "[--batches 1,8,...] [--contexts 4096,...]\n",
+                   argv[0]);
       return 2;
     }
   }
   cudaDeviceProp prop{};
   SALS_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-  std::printf("device: %s, %d SMs, L2 %d MB; fused SALS rebuild on %s\n", prop.name,
+  if (gpu_name.empty()) gpu_name = prop.name;
+  std::printf("device: %s, %d SMs, L2 %d MB; SALS key rebuild on %s\n", prop.name,
               prop.multiProcessorCount, prop.l2CacheSize >> 20,
               SalsWgmmaAvailable() ? "wgmma" : "mma.sync");
   const auto sdpa = ReadSdpa(sdpa_path);
   std::mt19937_64 rng(std::random_device{}());
   Stream stream = Check(Stream::Create());
-  std::unique_ptr<cublasContext, decltype(&cublasDestroy)> blas(nullptr, &cublasDestroy);
-  {
-    cublasHandle_t h = nullptr;
-    if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) {
-      std::fprintf(stderr, "cublasCreate failed\n");
-      return 1;
-    }
-    blas.reset(h);
-  }
-
-  const std::vector<int> batches = {1, 8, 16, 32};
-  const std::vector<int> contexts = {4096, 32768};
   std::vector<Row> rows;
   for (const auto& [attn, kv_heads] : {std::pair{"MHA", 32}, std::pair{"GQA", 8}}) {
+    if (!only_attn.empty() && only_attn != attn) continue;
     const size_t first = rows.size();
     for (int context : contexts) {
       for (int batch : batches) {
+        if (batch > kMaxBatch || static_cast<int64_t>(batch) * context > kMaxTokens) continue;
         Row r;
         r.attn = attn;
         r.kv_heads = kv_heads;
@@ -493,7 +500,7 @@ int Main(int argc, char** argv) {
       }
     }
     {
-      const size_t halves = size_t{kMaxBatch} * kMaxContext * kv_heads * kHeadDim;
+      const size_t halves = size_t{kMaxTokens} * kv_heads * kHeadDim;
       auto k_pool = Check(DeviceBuffer<__half>::Allocate(halves));
       auto v_pool = Check(DeviceBuffer<__half>::Allocate(halves));
       FillRandom(k_pool.get(), k_pool.bytes(), rng, -1.0f, 1.0f);
@@ -506,8 +513,7 @@ int Main(int argc, char** argv) {
     for (int c = 0; c < 2; ++c) {
       const SalsPool pool(kv_heads, kConfigs[c], rng);
       for (size_t i = first; i < rows.size(); ++i) {
-        rows[i].sals[c] =
-            RunSals(pool, rows[i].batch, rows[i].context, rng, stream.get(), blas.get());
+        rows[i].sals[c] = RunSals(pool, rows[i].batch, rows[i].context, rng, stream.get());
         std::fprintf(stderr, "%s batch %d context %d %s: %.1f us\n", attn, rows[i].batch,
                      rows[i].context, kConfigs[c].name, rows[i].sals[c].total_us);
       }
@@ -527,21 +533,22 @@ int Main(int argc, char** argv) {
         Ratio(r.fa2_us, r.sals[0].total_us).c_str(), Ratio(r.cudnn_us, r.sals[0].total_us).c_str());
   }
   std::printf(
-      "\nSALS stages (us: latent query, scores, top-k, gather+GEMM rebuild+attention+combine,\n"
-      "its GEMMs alone), the rebuild's rate (2 batch k rank D / attention stage), sequences per\n"
-      "GEMM round, and the whole step with the fused rebuild (in-kernel tensor cores)\n");
-  std::printf("%-4s %5s %7s %-10s %6s %7s %7s %7s %8s %7s %7s %5s %5s %5s %5s %9s %9s\n", "attn",
-              "batch", "context", "config", "k", "query", "score", "topk", "attn", "gemm",
-              "TFLOP/s", "tile", "heads", "chunk", "sblk", "fused", "path_diff");
+      "\nSALS stages (us: latent query, scores, top-k, attention = the fused kernel + combine),\n"
+      "the rebuild's rate (2 batch k rank D / attention stage), the attention's plan (KV heads\n"
+      "per block, warpgroups, buffers, U streamed, splits), and the whole step with the rebuild\n"
+      "on mma.sync instead of wgmma with its largest output difference\n");
+  std::printf("%-4s %5s %7s %-10s %6s %7s %7s %7s %8s %7s %5s %3s %3s %3s %6s %5s %9s %9s\n",
+              "attn", "batch", "context", "config", "k", "query", "score", "topk", "attn",
+              "TFLOP/s", "heads", "wg", "buf", "str", "splits", "sblk", "mma_step", "path_diff");
   for (const Row& r : rows) {
     for (int c = 0; c < 2; ++c) {
       const SalsTiming& t = r.sals[c];
       std::printf(
-          "%-4s %5d %7d %-10s %6d %7.1f %7.1f %7.1f %8.1f %7.1f %7.0f %5d %5d %5d %5d %9.1f "
+          "%-4s %5d %7d %-10s %6d %7.1f %7.1f %7.1f %8.1f %7.0f %5d %3d %3d %3d %6d %5d %9.1f "
           "%9.1e\n",
           r.attn.c_str(), r.batch, r.context, kConfigs[c].name, t.selected, t.query_us, t.score_us,
-          t.topk_us, t.attention_us, t.gemm_us, t.rebuild_tflops, t.tile, t.heads_per_block,
-          t.chunk, t.score_block_tokens, t.fused_us, t.path_diff);
+          t.topk_us, t.attention_us, t.rebuild_tflops, t.heads_per_block, t.warpgroups, t.buffers,
+          t.stream_u ? 1 : 0, t.splits, t.score_block_tokens, t.mma_us, t.path_diff);
     }
   }
   if (json_path != nullptr) {
@@ -551,30 +558,44 @@ int Main(int argc, char** argv) {
     j["head_dim"] = kHeadDim;
     j["num_heads"] = kNumHeads;
     j["block_size"] = kBlockSize;
+    j["results"] = nlohmann::json::array();
+    j["stages"] = nlohmann::json::array();
+    auto or_null = [](double us) { return us > 0 ? nlohmann::json(us) : nlohmann::json(); };
     for (const Row& r : rows) {
-      nlohmann::json row = {{"attn", r.attn},         {"kv_heads", r.kv_heads},
-                            {"batch", r.batch},       {"context", r.context},
-                            {"dense_us", r.dense_us}, {"flash_us", r.fa2_us},
-                            {"cudnn_us", r.cudnn_us}};
+      j["results"].push_back({{"kind", "op"},
+                              {"gpu", gpu_name},
+                              {"batch", r.batch},
+                              {"context", r.context},
+                              {"num_kv_heads", r.kv_heads},
+                              {"fa2_us", or_null(r.fa2_us)},
+                              {"cudnn_us", or_null(r.cudnn_us)},
+                              {"dense_us", r.dense_us},
+                              {"sals_25_us", r.sals[0].total_us},
+                              {"sals_12_5_us", r.sals[1].total_us}});
       for (int c = 0; c < 2; ++c) {
         const SalsTiming& t = r.sals[c];
-        row[kConfigs[c].name] = {{"total_us", t.total_us},
-                                 {"fused_us", t.fused_us},
-                                 {"query_us", t.query_us},
-                                 {"score_us", t.score_us},
-                                 {"topk_us", t.topk_us},
-                                 {"attention_us", t.attention_us},
-                                 {"gemm_us", t.gemm_us},
-                                 {"score_block_tokens", t.score_block_tokens},
-                                 {"selected", t.selected},
-                                 {"tile", t.tile},
-                                 {"heads_per_block", t.heads_per_block},
-                                 {"chunk_sequences", t.chunk},
-                                 {"fused_wgmma", t.wgmma},
-                                 {"path_diff", t.path_diff},
-                                 {"rebuild_tflops", t.rebuild_tflops}};
+        j["stages"].push_back({{"gpu", gpu_name},
+                               {"batch", r.batch},
+                               {"context", r.context},
+                               {"num_kv_heads", r.kv_heads},
+                               {"config", kConfigs[c].name},
+                               {"total_us", t.total_us},
+                               {"mma_step_us", t.mma_us},
+                               {"query_us", t.query_us},
+                               {"score_us", t.score_us},
+                               {"topk_us", t.topk_us},
+                               {"attention_us", t.attention_us},
+                               {"selected", t.selected},
+                               {"heads_per_block", t.heads_per_block},
+                               {"warpgroups", t.warpgroups},
+                               {"buffers", t.buffers},
+                               {"stream_u", t.stream_u},
+                               {"splits", t.splits},
+                               {"score_block_tokens", t.score_block_tokens},
+                               {"wgmma", t.wgmma},
+                               {"path_diff", t.path_diff},
+                               {"rebuild_tflops", t.rebuild_tflops}});
       }
-      j["results"].push_back(row);
     }
     std::ofstream(json_path) << j.dump(2) << "\n";
   }

@@ -3,12 +3,13 @@
 bench_sals_attention: the flash backend (FlashAttention-2) and the cuDNN backend.
 
 One new query token per sequence, 32 query heads x 128, fp16, K/V of `context` tokens with 32
-(MHA) or 8 (GQA, enable_gqa) KV heads, batch {1, 8, 16, 32} x context {4K, 32K}. Each call is
+(MHA) or 8 (GQA, enable_gqa) KV heads, batch {1, 8, 16, 32, 64} x context {4K, 32K, 128K} up to
+2M cached tokens (as bench_sals_attention; --attn, --batches and --contexts narrow it). Each call is
 captured in a CUDA graph (as the C++ side times its steps) that cycles over enough copies of K/V
 to exceed the L2; the time is the median over replays between CUDA events, per call, after a
 warm-up, on random inputs. A backend that refuses a shape is recorded as null.
 
-Usage: python3 bench/sdpa_reference.py --json sdpa.json
+Usage: python3 bench/sdpa_reference.py --json sdpa.json [--attn GQA] [--batches 16] [--contexts 4096]
 """
 
 import argparse
@@ -27,6 +28,7 @@ WARMUP = 5
 RUNS = 30
 ROTATION_BYTES = 256 << 20  # per graph replay, several times the 50 MB L2
 MAX_COPIES = 8
+MAX_TOKENS = 64 * 32768
 
 
 def time_backend(backend, q, kvs):
@@ -66,13 +68,22 @@ def time_backend(backend, q, kvs):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", required=True)
+    parser.add_argument("--attn", choices=("MHA", "GQA"))
+    parser.add_argument("--batches", default="1,8,16,32,64")
+    parser.add_argument("--contexts", default="4096,32768,131072")
     args = parser.parse_args()
+    batches = [int(x) for x in args.batches.split(",")]
+    contexts = [int(x) for x in args.contexts.split(",")]
     torch.manual_seed(0)
     dev = torch.device("cuda")
     results = []
     for attn, kv_heads in (("MHA", 32), ("GQA", 8)):
-        for context in (4096, 32768):
-            for batch in (1, 8, 16, 32):
+        if args.attn and args.attn != attn:
+            continue
+        for context in contexts:
+            for batch in batches:
+                if batch * context > MAX_TOKENS:
+                    continue
                 kv_bytes = 2 * batch * kv_heads * context * HEAD_DIM * 2
                 copies = max(1, min(MAX_COPIES, math.ceil(ROTATION_BYTES / kv_bytes)))
                 q = torch.empty(batch, NUM_HEADS, 1, HEAD_DIM, device=dev, dtype=torch.float16)

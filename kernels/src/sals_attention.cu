@@ -1,17 +1,26 @@
-// Stage 4 of the SALS decode step (sals_decode.h), its plan and workspace, and the whole step.
+// Stage 4 of the SALS decode step (sals_decode.h): the fused sparse-latent attention kernel, its
+// plan and workspace, the split combine, and the whole step.
 //
-// One thread block owns a tile of 64 or 128 attended tokens of one sequence and a group of KV
-// heads. The tile's latent keys stay in shared memory (128-byte swizzled rows, [tile x rank]) for
-// all its heads; per head, U_h (head_dim x rank) streams through a 4-slot ring of 64-dim k-tiles
-// and the warps rebuild K_h = latent U_h^T on tensor cores (wgmma m64nHk16 from shared memory on
-// sm_90a builds, else mma.sync m16n8k16 with ldmatrix), 16 token rows per warp. RoPE, the scores
-// of the group's query heads, the tile's softmax and P V (values dequantized from codes staged in
-// shared memory) follow in registers and shared memory; each (tile, head) leaves a normalized
-// partial output and its log-sum-exp, merged by a combine kernel.
+// A block serves one sequence, heads_per_block KV heads and a split of the sequence's attended
+// rows (selected, sinks, recent, new token), in 64-row tiles. The heads' slice of U (head_dim x
+// rank each, 128-byte swizzled k-tiles of 64 latent dims) is loaded into shared memory once per
+// block; each warpgroup takes every warpgroups-th tile of the split and, per tile:
+//   - gathers the tile's latent rows and packed value rows with cp.async (the next tile's while
+//     this one computes, with two buffers),
+//   - per head: rebuilds K_h = latent U_h^T on tensor cores (wgmma m64nHk16 from shared memory
+//     on sm_90a builds, else mma.sync with ldmatrix), 16 rows per warp; while the wgmma runs the
+//     warp dequantizes its rows' values into a private f16 tile;
+//   - rotates the keys in registers (RoPE pairs dims j and j + head_dim / 2, which the
+//     accumulator layout puts in one thread; cos/sin once per tile for all heads), loads exact
+//     keys for rows the exact store holds;
+//   - scores the group's queries S^T = K Q^T with mma.sync (the accumulators are the A operand;
+//     the group padded to n8), one online-softmax rescale per tile and warp, and accumulates
+//     O^T += V^T P with mma.sync (P transposed in registers by movmatrix, V^T by ldmatrix.trans).
+// At the end the block's warps merge their (max, sum, O) per query head; the block writes the
+// output (one split) or its split's partial output and log-sum-exp for the combine kernel.
 //
-// Cost (SALS.md): the rebuild is 2 * tile * rank * head_dim flops per (tile, head) against
-// head_dim * rank * 2 bytes of U read from the L2, so a 128-token tile does 128 flops per byte.
-// Every block reads the same few MB of U, all in the same order unless plan.spread_u_reads.
+// Cost (GQA 32/8 x 128, rank 128, batch 16 at 32K, SALS-12.5%): 17.5 GFLOP of rebuild on tensor
+// cores; each latent row (256 B) is read once per block of heads from the L2, values once.
 
 #include <algorithm>
 #include <limits>
@@ -19,7 +28,6 @@
 #include "absl/strings/str_cat.h"
 #include "attention_common.cuh"
 #include "sals/kernels/sals_decode.h"
-#include "sals_internal.h"
 #include "sals_rows.cuh"
 
 namespace sals::kernels {
@@ -31,16 +39,18 @@ using internal::kLog2e;
 using internal::LastLaunchStatus;
 using internal::LdMatrixX4;
 using internal::MmaF16;
-using internal::WarpMax;
-using internal::WarpSum;
 
-constexpr int kKTile = 64;  // latent dims per pipeline stage: one 128-byte shared-memory row
-constexpr int kStages = 5;  // U ring: kAhead stages in flight, one computed, one wgmma pending
-constexpr int kAhead = 3;
+constexpr int kTileRows = 64;     // attended rows per warpgroup tile (wgmma's m64)
+constexpr int kWarpRows = 16;     // rows of a tile per warp
+constexpr int kWgThreads = 128;   // a warpgroup
+constexpr int kKTile = 64;        // latent dims per 128-byte swizzled row
+constexpr int kQueryPad = 8;      // the GQA group padded to the score mma's n8
+constexpr int kUStreamSlots = 4;  // stream_u: U k-tiles in flight
 constexpr int kMaxRank = 1024;
 constexpr int kQueryChunkRows = 64;  // SalsLatentQuery's rows of U per block (sals_select.cu)
 constexpr int kCombineThreads = 128;
 constexpr int64_t kLargeScoreWork = 96 * 1024;  // middle tokens of a batch (measured, H200)
+constexpr int kMetaBytes = 16;                  // per tile row: src (int64), pos, kind (int32)
 
 constexpr int32_t kInvalid = internal::kRowInvalid;
 constexpr int32_t kLatent = internal::kRowLatent;
@@ -79,6 +89,32 @@ __device__ __forceinline__ void CpAsyncWait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
 }
 
+// cp.async.wait_group with a run-time count (at most kUStreamSlots).
+__device__ __forceinline__ void CpAsyncWaitAtMost(int pending) {
+  switch (pending) {
+    case 0:
+      CpAsyncWait<0>();
+      break;
+    case 1:
+      CpAsyncWait<1>();
+      break;
+    case 2:
+      CpAsyncWait<2>();
+      break;
+    case 3:
+      CpAsyncWait<3>();
+      break;
+    default:
+      CpAsyncWait<kUStreamSlots>();
+      break;
+  }
+}
+
+// A barrier of one warpgroup (ids 1 and 2; 0 is __syncthreads').
+__device__ __forceinline__ void WarpgroupSync(int wg) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(wg + 1), "n"(kWgThreads) : "memory");
+}
+
 // ---- wgmma (sm_90a): both operands in shared memory, K-major, 128-byte swizzle.
 
 // Matrix descriptor: start address, leading offset 16 B (unused with this swizzle), stride 1024
@@ -107,10 +143,9 @@ __device__ __forceinline__ void WgmmaCommit() {
 #endif
 }
 
-template <int kPending>
-__device__ __forceinline__ void WgmmaWait() {
+__device__ __forceinline__ void WgmmaWaitAll() {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
+  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 #endif
 }
 
@@ -174,45 +209,87 @@ __device__ __forceinline__ void WgmmaM64N64(float (&d)[8][4], uint64_t a, uint64
 #endif
 }
 
+// D += A B, m16n8k16, bf16 inputs, f32 accumulators.
+__device__ __forceinline__ void MmaBF16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                        uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Transposes an 8x8 matrix of 16-bit values held as mma fragments (row lane / 4, columns
+// 2 (lane % 4) and + 1).
+__device__ __forceinline__ uint32_t Transpose8x8(uint32_t x) {
+  uint32_t y;
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+  return y;
+}
+
+__device__ __forceinline__ uint32_t PackBF162(float lo, float hi) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+__device__ __forceinline__ uint32_t HalfBits2(__half2 h) {
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+__device__ __forceinline__ __half2 BitsHalf2(uint32_t x) {
+  return *reinterpret_cast<const __half2*>(&x);
+}
+
+// cos and sin of a RoPE angle of any size: Cody-Waite reduction by 2 pi in three parts, then the
+// hardware approximations on [-pi, pi] (absolute error ~1e-6, far below fp16 keys' rounding).
+__device__ __forceinline__ void RopeSinCos(float angle, float* s, float* c) {
+  constexpr float kInv2Pi = 0.15915494309189535f;
+  constexpr float k2PiHi = 6.28318548202514648f;   // float(2 pi)
+  constexpr float k2PiMid = -1.7484555e-07f;       // 2 pi - k2PiHi, rounded
+  constexpr float k2PiLo = -6.0771006e-15f;        // the rest
+  const float k = rintf(angle * kInv2Pi);
+  float r = fmaf(-k, k2PiHi, angle);
+  r = fmaf(-k, k2PiMid, r);
+  r = fmaf(-k, k2PiLo, r);
+  __sincosf(r, s, c);
+}
+
 // Shared-memory layout of the attention kernel, in bytes from a 1024-aligned base.
 struct SmemLayout {
-  int a = 0;     // latent tile: rank_tiles x [tile x 128 B], swizzled
-  int b = 0;     // U ring: kStages x [head_dim x 128 B], swizzled
-  int v = 0;     // value codes and (scale, zero) pairs of the tile, one head: [tile x v_row]
-  int q = 0;     // the block's query heads, raw 16-bit: [heads x group x head_dim]
-  int red = 0;   // P V partial sums: [warps x group x head_dim] f32
-  int prob = 0;  // scores, then probabilities: [group x tile] f32
-  int ml = 0;    // per query head of the group: (max, sum) f32
-  int src = 0;   // per row: latent slot or exact row (int64)
-  int pos = 0;   // per row: position (int32)
-  int kind = 0;  // per row: RowKind (int32)
+  int u = 0;        // U: heads x rank_tiles k-tiles (stream_u: kUStreamSlots) of [head_dim x 128 B]
+  int tiles = 0;    // per warpgroup and buffer: latent tile, value rows, row metadata
+  int buffer = 0;   // bytes of one buffer (1024-aligned)
+  int a = 0;        // within a buffer: rank_tiles x [64 rows x 128 B], swizzled
+  int vals = 0;     // within a buffer: [64 rows x heads x v_row_bytes]
+  int meta = 0;     // within a buffer: src int64[64], pos int32[64], kind int32[64]
+  int vs = 0;       // per warp: its 16 rows of one head's values, f16 [16 x v_stride]
+  int v_stride = 0;
+  int q = 0;        // the block's queries, raw 16-bit: [heads x kQueryPad x head_dim], zero padded
   int bytes = 0;
 };
 
 inline int AlignUp(int x, int a) { return (x + a - 1) / a * a; }
 
-inline SmemLayout MakeSmemLayout(int warps, int rank, int head_dim, int group, int heads,
-                                 int v_row_bytes) {
-  const int tile = warps * 16;
+inline SmemLayout MakeSmemLayout(int head_dim, int rank, int heads, int warpgroups, int buffers,
+                                 bool stream_u, int v_row_bytes, int group) {
+  const int rank_tiles = static_cast<int>(CeilDiv(rank, kKTile));
   SmemLayout l;
-  int off = 0;
-  auto take = [&off](int bytes, int align) {
-    off = AlignUp(off, align);
-    const int at = off;
-    off += bytes;
-    return at;
-  };
-  l.a = take(tile * 128 * static_cast<int>(CeilDiv(rank, kKTile)), 1024);
-  l.b = take(kStages * head_dim * 128, 1024);
-  l.v = take(tile * v_row_bytes, 16);
-  l.q = take(heads * group * head_dim * 2, 16);
-  l.red = take(warps * group * head_dim * 4, 16);
-  l.prob = take(group * tile * 4, 16);
-  l.ml = take(group * 8, 16);
-  l.src = take(tile * 8, 16);
-  l.pos = take(tile * 4, 16);
-  l.kind = take(tile * 4, 16);
-  l.bytes = off + 1024;  // room to align the dynamic base
+  l.u = 0;
+  int off = (stream_u ? kUStreamSlots : heads * rank_tiles) * head_dim * 128;
+  l.a = 0;
+  l.vals = rank_tiles * kTileRows * 128;
+  l.meta = AlignUp(l.vals + kTileRows * heads * v_row_bytes, 16);
+  l.buffer = AlignUp(l.meta + kTileRows * kMetaBytes, 1024);
+  l.tiles = AlignUp(off, 1024);
+  off = l.tiles + warpgroups * buffers * l.buffer;
+  l.v_stride = head_dim * 2 + 16;  // 16-byte pad: ldmatrix.trans reads 8 rows conflict-free
+  l.vs = AlignUp(off, 16);
+  off = l.vs + warpgroups * 4 * kWarpRows * l.v_stride;
+  l.q = AlignUp(off, 16);
+  off = l.q + heads * kQueryPad * head_dim * 2;
+  // The final merge reuses the space from 0: per warp and head, (max, sum) and O per query.
+  const int merge = warpgroups * 4 * heads * group * (head_dim + 2) * 4;
+  l.bytes = std::max(off, merge) + 1024;  // room to align the dynamic base
   return l;
 }
 
@@ -230,453 +307,623 @@ struct AttentionParams {
   int max_topk;
   float* partial_o;
   float* partial_lse;
+  uint16_t* out;  // max_splits == 1: the output itself
   int max_cached;
-  int max_tiles;
+  int max_splits;
+  int tiles_per_split;
   int num_heads;
-  int heads_per_block;
+  int rank_tiles;
+  int buffers;
+  bool stream_u;
   int v_code_bytes;  // one head's value codes per token
   int v_pairs;       // one head's (scale, zero) pairs per token; 0 for 16-bit values
   int v_row_bytes;
   bool bf16;
-  bool spread_u_reads;
-  bool stream_latents;
   SmemLayout smem;
 };
 
-__device__ __forceinline__ float2 Bits32ToFloat2(uint32_t bits, bool bf16) {
-  if (bf16) {
-    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&bits));
+// Dequantizes 8 values from 16-bit (2-bit codes) or 32-bit (4-bit codes) code words into f16, as
+// code * scale + zero with one fp16 rounding. The magic 0x6400 (1024.0) exponent turns a code in
+// the low mantissa bits into 1024 + code, exactly.
+__device__ __forceinline__ uint4 Dequant4Bit(uint32_t w, __half2 s, __half2 z) {
+  const __half2 k1024 = __floats2half2_rn(1024.0f, 1024.0f);
+  __half2 h[4];
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {  // nibbles k and k + 4: dims k and k + 4
+    const uint32_t x = ((w >> (4 * k)) & 0x000F000Fu) | 0x64006400u;
+    h[k] = __hfma2(__hsub2(BitsHalf2(x), k1024), s, z);
   }
-  return __half22float2(*reinterpret_cast<const __half2*>(&bits));
+  uint4 out;
+  out.x = HalfBits2(__lows2half2(h[0], h[1]));
+  out.y = HalfBits2(__lows2half2(h[2], h[3]));
+  out.z = HalfBits2(__highs2half2(h[0], h[1]));
+  out.w = HalfBits2(__highs2half2(h[2], h[3]));
+  return out;
 }
 
-template <int kHeadDim, int kGroup, int kWarps, bool kWgmma>
-__global__ void __launch_bounds__(kWarps * 32, 1)
+// 16 values (dims d .. d + 15) from one 32-bit word of 2-bit codes: half2 k holds dims k and
+// k + 8. s and z: (scale, zero) of dims d .. d + 7 in .x, of d + 8 .. d + 15 in .y.
+__device__ __forceinline__ void Dequant2Bit(uint32_t w, __half2 s, __half2 z, uint4* lo,
+                                            uint4* hi) {
+  const __half2 k1024 = __floats2half2_rn(1024.0f, 1024.0f);
+  __half2 h[8];
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    const uint32_t x = ((w >> (2 * k)) & 0x00030003u) | 0x64006400u;
+    h[k] = __hfma2(__hsub2(BitsHalf2(x), k1024), s, z);
+  }
+  lo->x = HalfBits2(__lows2half2(h[0], h[1]));
+  lo->y = HalfBits2(__lows2half2(h[2], h[3]));
+  lo->z = HalfBits2(__lows2half2(h[4], h[5]));
+  lo->w = HalfBits2(__lows2half2(h[6], h[7]));
+  hi->x = HalfBits2(__highs2half2(h[0], h[1]));
+  hi->y = HalfBits2(__highs2half2(h[2], h[3]));
+  hi->z = HalfBits2(__highs2half2(h[4], h[5]));
+  hi->w = HalfBits2(__highs2half2(h[6], h[7]));
+}
+
+template <int kHeadDim, int kGroup, int kHeads, bool kWgmma>
+__global__ void __launch_bounds__(2 * kWgThreads, 1)
     SparseAttentionKernel(const __grid_constant__ AttentionParams p) {
-  constexpr int kThreads = kWarps * 32;
-  constexpr int kTile = kWarps * 16;
   constexpr int kBlocks = kHeadDim / 8;  // n8 blocks of a key row in the accumulators
   constexpr int kHalf = kBlocks / 2;     // RoPE pairs block j with block j + kHalf
-  constexpr int kChunks = kHeadDim / 8;  // 8-value chunks of a row in P V
-  constexpr int kStripesPerWarp = 32 / kChunks;
-  constexpr int kStripes = kWarps * kStripesPerWarp;
+  constexpr int kKSteps = kHeadDim / 16;  // k16 steps of the score mma; m16 tiles of P V
   static_assert(kHeadDim == 64 || kHeadDim == 128, "head_dim 64 or 128");
+  static_assert(kGroup <= kQueryPad, "GQA group above 8");
 
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) &
                                              ~static_cast<uintptr_t>(1023));
   const uint32_t smem_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   const SmemLayout& lay = p.smem;
-  int64_t* row_src = reinterpret_cast<int64_t*>(smem + lay.src);
-  int32_t* row_pos = reinterpret_cast<int32_t*>(smem + lay.pos);
-  int32_t* row_kind = reinterpret_cast<int32_t*>(smem + lay.kind);
-  float* prob = reinterpret_cast<float*>(smem + lay.prob);
-  float2* ml = reinterpret_cast<float2*>(smem + lay.ml);
-  float* red = reinterpret_cast<float*>(smem + lay.red);
-  uint16_t* q_s = reinterpret_cast<uint16_t*>(smem + lay.q);
-
   const SalsKvCache& c = p.cache;
-  const int tile = blockIdx.x;
+
+  const int split = blockIdx.x;
   const int b = blockIdx.y;
-  const int kv_head0 = blockIdx.z * p.heads_per_block;
+  const int kv_head0 = blockIdx.z * kHeads;
   const int cached = min(c.kv_lens[b], p.max_cached);
   const SalsSelection sel = SalsPlanSelection(p.policy, cached);
   const int n_sink = min(sel.sink_end, cached);
   const int n_recent = max(0, cached - sel.recent_begin);
   const int attended = sel.topk + n_sink + n_recent + 1;
-  const int row0 = tile * kTile;
-  if (row0 >= attended) return;
-  const int width = c.width();
+  const int tiles = (attended + kTileRows - 1) / kTileRows;
+  const int t_begin = split * p.tiles_per_split;
+  const int t_end = min(tiles, t_begin + p.tiles_per_split);
+  if (t_begin >= t_end) return;  // the combine reads only the splits a sequence has
+
   const int tid = threadIdx.x;
-  const int warp = tid / 32;
+  const int num_wgs = blockDim.x / kWgThreads;
+  const int wg = tid / kWgThreads;
+  const int wtid = tid % kWgThreads;
+  const int warp = tid / 32;         // in the block
+  const int wwarp = wtid / 32;       // in the warpgroup
   const int lane = tid % 32;
-
-  // Rows: the selected tokens, then sinks, recent tokens and the new token (ResolveSalsRow).
-  int any_latent = 0;
-  for (int r = tid; r < kTile; r += kThreads) {
-    const int e = row0 + r;
-    internal::SalsRow row;
-    if (e < attended) {
-      row =
-          internal::ResolveSalsRow(c, sel, b, cached, e, n_sink, n_recent, p.selected, p.max_topk);
-    }
-    const int kind = row.kind;
-    const int pos = row.pos;
-    const int64_t src = row.src;
-    row_kind[r] = kind;
-    row_pos[r] = pos;
-    row_src[r] = src;
-    any_latent |= kind == kLatent;
-  }
-  const bool need_gemm = __syncthreads_or(any_latent) != 0;
-
+  const int quad = lane % 4;
+  const int width = c.width();
   const int rank = p.policy.rank;
-  const int rank_tiles = (rank + kKTile - 1) / kKTile;
-  const int heads = p.heads_per_block;
-  const int total_stages = need_gemm ? heads * rank_tiles : 0;
-  // The block's order of heads and of k-tiles within a head (plan.spread_u_reads).
-  const int head_shift = p.spread_u_reads ? (blockIdx.x + blockIdx.y) % heads : 0;
-  const int ktile_shift =
-      p.spread_u_reads ? (blockIdx.x * 5 + blockIdx.y * 3 + blockIdx.z) % rank_tiles : 0;
-  auto head_of = [&](int hh) { return (hh + head_shift) % heads; };  // index in the block
-  auto ktile_of = [&](int kt) { return (kt + ktile_shift) % rank_tiles; };
+  const int rank_tiles = p.rank_tiles;
+  const int buffers = p.buffers;
 
-  // The tile's latent rows, dims [64 kt, 64 kt + 64); other rows and dims past the rank are 0.
-  auto issue_latents = [&](int kt) {
-    const uint32_t dst = smem_base + lay.a + kt * (kTile * 128);
-    for (int idx = tid; idx < kTile * 8; idx += kThreads) {
-      const int r = idx / 8;
-      const int ch = idx % 8;
-      const int col = kt * kKTile + ch * 8;
-      const bool valid = row_kind[r] == kLatent && col < rank;
-      CpAsync16(dst + Swizzled(r, ch), c.latent + (valid ? row_src[r] * c.rank + col : 0), valid);
-    }
-  };
-  // Stage s: a 64-dim k-tile of the U rows of one head; with plan.stream_latents the first
-  // head's stages also bring the latent k-tile they multiply.
-  auto issue_stage = [&](int s) {
-    const int kt = ktile_of(s % rank_tiles);
-    const __half* u = c.basis + static_cast<int64_t>(kv_head0 + head_of(s / rank_tiles)) *
-                                    kHeadDim * c.basis_stride;
-    const uint32_t dst = smem_base + lay.b + (s % kStages) * (kHeadDim * 128);
-    for (int idx = tid; idx < kHeadDim * 8; idx += kThreads) {
+  // ---- Loads.
+  auto buffer_offset = [&](int k) { return lay.tiles + (wg * buffers + k % buffers) * lay.buffer; };
+  // U of head h, k-tile kt into slot `slot` (all threads of `count` take part).
+  auto issue_u = [&](int h, int kt, int slot, int first, int count) {
+    const __half* u = c.basis + static_cast<int64_t>(kv_head0 + h) * kHeadDim * c.basis_stride;
+    const uint32_t dst = smem_base + lay.u + slot * (kHeadDim * 128);
+    for (int idx = first; idx < kHeadDim * 8; idx += count) {
       const int n = idx / 8;
       const int ch = idx % 8;
       const int col = kt * kKTile + ch * 8;
       const bool valid = col < rank;
       CpAsync16(dst + Swizzled(n, ch), u + n * c.basis_stride + (valid ? col : 0), valid);
     }
-    if (p.stream_latents && s < rank_tiles) issue_latents(kt);
   };
-  // The latent rows' value codes and (scale, zero) pairs of KV head kvh.
-  auto issue_values = [&](int kvh) {
+  // Tile k of this warpgroup: rows, latents and values into buffer k % buffers. Two threads a
+  // row; both resolve it, the first writes the row's metadata.
+  auto issue_tile = [&](int k) {
+    const int tile = t_begin + wg + k * num_wgs;
+    if (tile >= t_end) return;
+    const int r = wtid % kTileRows;
+    const int half = wtid / kTileRows;
+    const int e = tile * kTileRows + r;
+    internal::SalsRow row;
+    if (e < attended) {
+      row = internal::ResolveSalsRow(c, sel, b, cached, e, n_sink, n_recent, p.selected,
+                                     p.max_topk);
+    }
+    const int off = buffer_offset(k);
+    if (half == 0) {
+      uint8_t* meta = smem + off + lay.meta;
+      reinterpret_cast<int64_t*>(meta)[r] = row.src;
+      reinterpret_cast<int32_t*>(meta + 8 * kTileRows)[r] = row.pos;
+      reinterpret_cast<int32_t*>(meta + 12 * kTileRows)[r] = row.kind;
+    }
+    const bool latent = row.kind == kLatent;
+    const uint32_t a = smem_base + off + lay.a;
+    for (int ch = half; ch < rank_tiles * 8; ch += 2) {
+      const int col = ch * 8;
+      const bool valid = latent && col < rank;
+      CpAsync16(a + (ch / 8) * (kTileRows * 128) + Swizzled(r, ch % 8),
+                c.latent + (valid ? row.src * c.rank + col : 0), valid);
+    }
+    if (!latent) return;
     const int code_chunks = p.v_code_bytes / 16;
-    const int per_row = code_chunks + p.v_pairs;
-    const int64_t first_group =
-        p.v_pairs > 0 ? static_cast<int64_t>(kvh) * kHeadDim / c.value_group_size : 0;
-    for (int idx = tid; idx < kTile * per_row; idx += kThreads) {
-      const int r = idx / per_row;
-      const int e = idx % per_row;
-      if (row_kind[r] != kLatent) continue;
-      const uint32_t dst = smem_base + lay.v + r * p.v_row_bytes;
-      if (e < code_chunks) {
-        CpAsync16(dst + e * 16,
-                  c.value_codes + row_src[r] * c.code_bytes() +
-                      static_cast<int64_t>(kvh) * p.v_code_bytes + e * 16,
+    const int per_head = code_chunks + p.v_pairs;
+    const uint32_t vals = smem_base + off + lay.vals + r * kHeads * p.v_row_bytes;
+    for (int idx = half; idx < kHeads * per_head; idx += 2) {
+      const int h = idx / per_head;
+      const int item = idx % per_head;
+      const int kvh = kv_head0 + h;
+      const uint32_t dst = vals + h * p.v_row_bytes;
+      if (item < code_chunks) {
+        CpAsync16(dst + item * 16,
+                  c.value_codes + row.src * c.code_bytes() +
+                      static_cast<int64_t>(kvh) * p.v_code_bytes + item * 16,
                   true);
       } else {
-        const int i = e - code_chunks;
+        const int i = item - code_chunks;
+        const int64_t first_group = static_cast<int64_t>(kvh) * kHeadDim / c.value_group_size;
         CpAsync4(dst + p.v_code_bytes + i * 4,
-                 c.value_scale_zero + row_src[r] * c.groups() + first_group + i);
+                 c.value_scale_zero + row.src * c.groups() + first_group + i);
       }
     }
   };
 
-  if (need_gemm) {
-    if (!p.stream_latents) {
-      for (int kt = 0; kt < rank_tiles; ++kt) issue_latents(kt);  // with stage 0's group
-    }
-    for (int s = 0; s < kAhead; ++s) {
-      if (s < total_stages) issue_stage(s);
-      CpAsyncCommit();
+  // Queries of the block's heads, zero-padded to kQueryPad per head.
+  uint16_t* q_s = reinterpret_cast<uint16_t*>(smem + lay.q);
+  for (int idx = tid; idx < kHeads * kQueryPad * kHeadDim; idx += blockDim.x) {
+    const int h = idx / (kQueryPad * kHeadDim);
+    const int g = idx / kHeadDim % kQueryPad;
+    const int d = idx % kHeadDim;
+    q_s[idx] = g < kGroup ? p.q[b * p.q_row_stride +
+                                ((static_cast<int64_t>(kv_head0) + h) * kGroup + g) * kHeadDim + d]
+                          : 0;
+  }
+  if (!p.stream_u) {
+    for (int h = 0; h < kHeads; ++h) {
+      for (int kt = 0; kt < rank_tiles; ++kt) issue_u(h, kt, h * rank_tiles + kt, tid, blockDim.x);
     }
   }
-  for (int idx = tid; idx < heads * kGroup * kHeadDim; idx += kThreads) {
-    q_s[idx] = p.q[b * p.q_row_stride + static_cast<int64_t>(kv_head0) * kGroup * kHeadDim + idx];
+  issue_tile(0);
+  CpAsyncCommit();
+  if (buffers == 2) issue_tile(1);
+  CpAsyncCommit();
+  CpAsyncWait<1>();  // U and the first tile (with one buffer the second group is empty)
+  FenceProxyAsync();
+  __syncthreads();
+
+  // ---- Per warp: online-softmax state of each head for the query pair (2 quad, 2 quad + 1).
+  float m_run[kHeads][2];
+  float l_run[kHeads][2];
+  float o_acc[kHeads][kKSteps][4];  // O^T: dims 16 i + lane / 4 (+ 8), queries 2 quad (+ 1)
+#pragma unroll
+  for (int h = 0; h < kHeads; ++h) {
+#pragma unroll
+    for (int x = 0; x < 2; ++x) {
+      m_run[h][x] = -INFINITY;
+      l_run[h][x] = 0.0f;
+    }
+#pragma unroll
+    for (int i = 0; i < kKSteps; ++i) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o_acc[h][i][e] = 0.0f;
+    }
   }
 
-  // This thread's accumulator rows (fragment rows lane / 4 and + 8 of its warp's 16) and the
-  // RoPE cos/sin of their dims 8j + 2(lane % 4) + {0, 1}, j < kHalf: the same for every head.
-  const int quad = lane % 4;
-  const int rows[2] = {warp * 16 + lane / 4, warp * 16 + lane / 4 + 8};
-  float cs[2][kHalf][2];
-  float sn[2][kHalf][2];
+  uint8_t* vs = smem + lay.vs + warp * kWarpRows * lay.v_stride;
+  int u_issued = 0;  // stream_u: k-tile stages issued for the current tile
+
+  for (int k = 0; t_begin + wg + k * num_wgs < t_end; ++k) {
+    const int off = buffer_offset(k);
+    if (k > 0) {
+      if (buffers == 2) {
+        CpAsyncWait<1>();
+      } else {
+        CpAsyncWait<0>();
+      }
+      FenceProxyAsync();
+      WarpgroupSync(wg);
+    }
+    const uint8_t* meta = smem + off + lay.meta;
+    const int64_t* row_src = reinterpret_cast<const int64_t*>(meta);
+    const int32_t* row_pos = reinterpret_cast<const int32_t*>(meta + 8 * kTileRows);
+    const int32_t* row_kind = reinterpret_cast<const int32_t*>(meta + 12 * kTileRows);
+    const int rows[2] = {wwarp * kWarpRows + lane / 4, wwarp * kWarpRows + lane / 4 + 8};
+    int kinds[2];
 #pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const float pos = static_cast<float>(row_pos[rows[i]]);
-    const bool rotate = row_kind[rows[i]] == kLatent;
-#pragma unroll
-    for (int j = 0; j < kHalf; ++j) {
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        cs[i][j][e] = 1.0f;
-        sn[i][j][e] = 0.0f;
-        if (rotate) sincosf(pos * p.inv_freq[8 * j + 2 * quad + e], &sn[i][j][e], &cs[i][j][e]);
+    for (int i = 0; i < 2; ++i) kinds[i] = row_kind[rows[i]];
+    const uint32_t a_tile = smem_base + off + lay.a;
+
+    if (p.stream_u) {  // one head: its U k-tiles for this tile, kUStreamSlots ahead
+      u_issued = 0;
+      for (; u_issued < min(kUStreamSlots, rank_tiles); ++u_issued) {
+        issue_u(0, u_issued, u_issued % kUStreamSlots, wtid, kWgThreads);
+        CpAsyncCommit();
       }
     }
-  }
 
-  int stage = 0;
-  for (int hh = 0; hh < heads; ++hh) {
-    const int local_head = head_of(hh);
-    const int kvh = kv_head0 + local_head;
-    float acc[kBlocks][4];
+    // RoPE cos/sin of this thread's rows and dims 8j + 2 quad + {0, 1}, j < kHalf.
+    float cs[2][kHalf][2];
+    float sn[2][kHalf][2];
 #pragma unroll
-    for (int j = 0; j < kBlocks; ++j) {
+    for (int i = 0; i < 2; ++i) {
+      const float pos = static_cast<float>(row_pos[rows[i]]);
 #pragma unroll
-      for (int e = 0; e < 4; ++e) acc[j][e] = 0.0f;
-    }
-    if (need_gemm) {
-      for (int kt = 0; kt < rank_tiles; ++kt, ++stage) {
-        CpAsyncWait<kAhead - 1>();  // this stage landed (newer ones may still be pending)
-        if constexpr (kWgmma) {
-          FenceProxyAsync();
-          WgmmaWait<1>();  // the wgmma that read the slot refilled below is done
+      for (int j = 0; j < kHalf; ++j) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          RopeSinCos(__fmul_rn(pos, __ldg(p.inv_freq + 8 * j + 2 * quad + e)), &sn[i][j][e],
+                     &cs[i][j][e]);
         }
-        __syncthreads();
-        if (stage + kAhead < total_stages) issue_stage(stage + kAhead);
-        if (kt == 0) issue_values(kvh);
-        CpAsyncCommit();
-        const uint32_t a_tile = smem_base + lay.a + ktile_of(kt) * (kTile * 128);
-        const uint32_t b_tile = smem_base + lay.b + (stage % kStages) * (kHeadDim * 128);
+      }
+    }
+
+#pragma unroll
+    for (int h = 0; h < kHeads; ++h) {
+      const int kvh = kv_head0 + h;
+      float acc[kBlocks][4];
+#pragma unroll
+      for (int j = 0; j < kBlocks; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[j][e] = 0.0f;
+      }
+      // Rebuild K_h for the tile's rows.
+      if (p.stream_u) {
+        for (int kt = 0; kt < rank_tiles; ++kt) {
+          CpAsyncWaitAtMost(u_issued - kt - 1);
+          FenceProxyAsync();
+          WarpgroupSync(wg);
+          const uint32_t b_tile = smem_base + lay.u + (kt % kUStreamSlots) * (kHeadDim * 128);
+          const uint32_t a_kt = a_tile + kt * (kTileRows * 128);
+          if constexpr (kWgmma) {
+            FenceAccumulators(acc);
+            WgmmaFence();
+#pragma unroll
+            for (int kk = 0; kk < kKTile / 16; ++kk) {
+              if constexpr (kHeadDim == 128) {
+                WgmmaM64N128(acc, SmemDescriptor(a_kt + kk * 32), SmemDescriptor(b_tile + kk * 32));
+              } else {
+                WgmmaM64N64(acc, SmemDescriptor(a_kt + kk * 32), SmemDescriptor(b_tile + kk * 32));
+              }
+            }
+            WgmmaCommit();
+            WgmmaWaitAll();
+            FenceAccumulators(acc);
+          } else {
+            const uint8_t* a_ptr = smem + (a_kt - smem_base);
+            const uint8_t* b_ptr = smem + (b_tile - smem_base);
+#pragma unroll
+            for (int kk = 0; kk < kKTile / 16; ++kk) {
+              uint32_t af[4];
+              const int ar = wwarp * kWarpRows + (lane & 7) + ((lane >> 3) & 1) * 8;
+              LdMatrixX4<false>(af, reinterpret_cast<const __half*>(
+                                        a_ptr + Swizzled(ar, 2 * kk + (lane >> 4))));
+#pragma unroll
+              for (int nb = 0; nb < kHeadDim / 16; ++nb) {
+                uint32_t bf[4];
+                const int bn = nb * 16 + (lane & 7) + (lane >> 4) * 8;
+                LdMatrixX4<false>(bf, reinterpret_cast<const __half*>(
+                                          b_ptr + Swizzled(bn, 2 * kk + ((lane >> 3) & 1))));
+                MmaF16(acc[2 * nb], af, bf[0], bf[1]);
+                MmaF16(acc[2 * nb + 1], af, bf[2], bf[3]);
+              }
+            }
+          }
+          WarpgroupSync(wg);  // every warp is done with the slot
+          if (u_issued < rank_tiles) {
+            issue_u(0, u_issued, u_issued % kUStreamSlots, wtid, kWgThreads);
+            CpAsyncCommit();
+            ++u_issued;
+          }
+        }
+      } else {
+        const uint32_t b_head = smem_base + lay.u + h * rank_tiles * (kHeadDim * 128);
         if constexpr (kWgmma) {
           FenceAccumulators(acc);
           WgmmaFence();
-          const uint32_t a_rows = a_tile + (warp / 4) * (64 * 128);
+          for (int kt = 0; kt < rank_tiles; ++kt) {
+            const uint32_t a_kt = a_tile + kt * (kTileRows * 128);
+            const uint32_t b_kt = b_head + kt * (kHeadDim * 128);
 #pragma unroll
-          for (int kk = 0; kk < kKTile / 16; ++kk) {
-            if constexpr (kHeadDim == 128) {
-              WgmmaM64N128(acc, SmemDescriptor(a_rows + kk * 32), SmemDescriptor(b_tile + kk * 32));
-            } else {
-              WgmmaM64N64(acc, SmemDescriptor(a_rows + kk * 32), SmemDescriptor(b_tile + kk * 32));
+            for (int kk = 0; kk < kKTile / 16; ++kk) {
+              if constexpr (kHeadDim == 128) {
+                WgmmaM64N128(acc, SmemDescriptor(a_kt + kk * 32), SmemDescriptor(b_kt + kk * 32));
+              } else {
+                WgmmaM64N64(acc, SmemDescriptor(a_kt + kk * 32), SmemDescriptor(b_kt + kk * 32));
+              }
             }
           }
           WgmmaCommit();
-          FenceAccumulators(acc);
         } else {
-          const uint8_t* a_ptr = smem + (a_tile - smem_base);
-          const uint8_t* b_ptr = smem + (b_tile - smem_base);
+          const uint8_t* b_ptr0 = smem + (b_head - smem_base);
+          for (int kt = 0; kt < rank_tiles; ++kt) {
+            const uint8_t* a_ptr = smem + (a_tile - smem_base) + kt * (kTileRows * 128);
+            const uint8_t* b_ptr = b_ptr0 + kt * (kHeadDim * 128);
 #pragma unroll
-          for (int kk = 0; kk < kKTile / 16; ++kk) {
-            uint32_t af[4];
-            const int ar = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
-            LdMatrixX4<false>(
-                af, reinterpret_cast<const __half*>(a_ptr + Swizzled(ar, 2 * kk + (lane >> 4))));
+            for (int kk = 0; kk < kKTile / 16; ++kk) {
+              uint32_t af[4];
+              const int ar = wwarp * kWarpRows + (lane & 7) + ((lane >> 3) & 1) * 8;
+              LdMatrixX4<false>(af, reinterpret_cast<const __half*>(
+                                        a_ptr + Swizzled(ar, 2 * kk + (lane >> 4))));
 #pragma unroll
-            for (int nb = 0; nb < kHeadDim / 16; ++nb) {
-              uint32_t bf[4];
-              const int bn = nb * 16 + (lane & 7) + (lane >> 4) * 8;
-              LdMatrixX4<false>(bf, reinterpret_cast<const __half*>(
-                                        b_ptr + Swizzled(bn, 2 * kk + ((lane >> 3) & 1))));
-              MmaF16(acc[2 * nb], af, bf[0], bf[1]);
-              MmaF16(acc[2 * nb + 1], af, bf[2], bf[3]);
+              for (int nb = 0; nb < kHeadDim / 16; ++nb) {
+                uint32_t bf[4];
+                const int bn = nb * 16 + (lane & 7) + (lane >> 4) * 8;
+                LdMatrixX4<false>(bf, reinterpret_cast<const __half*>(
+                                          b_ptr + Swizzled(bn, 2 * kk + ((lane >> 3) & 1))));
+                MmaF16(acc[2 * nb], af, bf[0], bf[1]);
+                MmaF16(acc[2 * nb + 1], af, bf[2], bf[3]);
+              }
             }
           }
         }
       }
-      if constexpr (kWgmma) {
-        WgmmaWait<0>();
-        FenceAccumulators(acc);
-      }
-    }
-    // This head's values: their group was committed at the head's first step, so the groups
-    // after it (the head's later steps, which prefetch the next head's U) may stay in flight.
-    static_assert(kAhead == 3, "the wait below covers 0 .. kAhead - 1 groups");
-    switch (min(rank_tiles - 1, kAhead - 1)) {
-      case 0:
-        CpAsyncWait<0>();
-        break;
-      case 1:
-        CpAsyncWait<1>();
-        break;
-      default:
-        CpAsyncWait<kAhead - 1>();
-        break;
-    }
-    __syncthreads();
 
-    // Keys: latent rows rotate at their positions; exact rows and the new token load theirs.
+      // This warp's 16 rows of head h's values into its f16 tile (overlaps the async wgmma):
+      // lane l takes row l % 16 and half l / 16 of the dims.
+      {
+        const int vr = lane % kWarpRows;
+        const int d0 = (lane / kWarpRows) * (kHeadDim / 2);
+        const int tr = wwarp * kWarpRows + vr;
+        const int kind = row_kind[tr];
+        uint4* dst = reinterpret_cast<uint4*>(vs + vr * lay.v_stride + d0 * 2);
+        constexpr int kChunks = kHeadDim / 16;  // 8-value chunks of the half row
+        if (kind == kLatent) {
+          const uint8_t* vrow = smem + off + lay.vals + (tr * kHeads + h) * p.v_row_bytes;
+          if (c.value_bits == 16) {
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const int r = rows[i];
-      const int kind = row_kind[r];
-      if (kind == kLatent) {
+            for (int x = 0; x < kChunks; ++x) dst[x] = reinterpret_cast<const uint4*>(vrow + d0 * 2)[x];
+          } else {
+            const __half2* pairs = reinterpret_cast<const __half2*>(vrow + p.v_code_bytes);
+            const int gs = c.value_group_size;
+            auto scale_zero = [&](int d) {
+              return p.v_pairs > 1 ? pairs[d / gs] : pairs[0];
+            };
+            if (c.value_bits == 4) {
 #pragma unroll
-        for (int j = 0; j < kHalf; ++j) {
+              for (int x = 0; x < kChunks; ++x) {
+                const int d = d0 + 8 * x;
+                const __half2 sz = scale_zero(d);
+                const uint32_t w = *reinterpret_cast<const uint32_t*>(vrow + d / 2);
+                dst[x] = Dequant4Bit(w, __low2half2(sz), __high2half2(sz));
+              }
+            } else {
 #pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const float x1 = acc[j][2 * i + e];
-            const float x2 = acc[j + kHalf][2 * i + e];
-            acc[j][2 * i + e] = x1 * cs[i][j][e] - x2 * sn[i][j][e];
-            acc[j + kHalf][2 * i + e] = x2 * cs[i][j][e] + x1 * sn[i][j][e];
+              for (int x = 0; x < kChunks; x += 2) {
+                const int d = d0 + 8 * x;
+                const __half2 lo = scale_zero(d);
+                const __half2 hi = scale_zero(d + 8);
+                const uint32_t w = *reinterpret_cast<const uint32_t*>(vrow + d / 4);
+                Dequant2Bit(w, __lows2half2(lo, hi), __highs2half2(lo, hi), &dst[x], &dst[x + 1]);
+              }
+            }
           }
-        }
-      } else if (kind == kExact) {
-        const __half* k = c.exact_k + row_src[r] * width + static_cast<int64_t>(kvh) * kHeadDim;
+        } else if (kind == kExact) {
+          const uint4* src = reinterpret_cast<const uint4*>(
+              c.exact_v + row_src[tr] * width + static_cast<int64_t>(kvh) * kHeadDim + d0);
 #pragma unroll
-        for (int j = 0; j < kBlocks; ++j) {
-          const float2 f = __half22float2(*reinterpret_cast<const __half2*>(k + 8 * j + 2 * quad));
-          acc[j][2 * i] = f.x;
-          acc[j][2 * i + 1] = f.y;
-        }
-      } else if (kind == kNew) {
-        const uint16_t* k = p.k_new + b * p.kv_row_stride + static_cast<int64_t>(kvh) * kHeadDim;
+          for (int x = 0; x < kChunks; ++x) dst[x] = src[x];
+        } else if (kind == kNew) {
+          const uint16_t* src =
+              p.v_new + b * p.kv_row_stride + static_cast<int64_t>(kvh) * kHeadDim + d0;
 #pragma unroll
-        for (int j = 0; j < kBlocks; ++j) {
-          acc[j][2 * i] = internal::SalsBits16ToFloat(k[8 * j + 2 * quad], p.bf16);
-          acc[j][2 * i + 1] = internal::SalsBits16ToFloat(k[8 * j + 2 * quad + 1], p.bf16);
+          for (int x = 0; x < kChunks; ++x) {
+            uint32_t w[4];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const float lo = internal::SalsBits16ToFloat(src[8 * x + 2 * e], p.bf16);
+              const float hi = internal::SalsBits16ToFloat(src[8 * x + 2 * e + 1], p.bf16);
+              w[e] = internal::PackHalf2(lo, hi);
+            }
+            dst[x] = make_uint4(w[0], w[1], w[2], w[3]);
+          }
+        } else {
+#pragma unroll
+          for (int x = 0; x < kChunks; ++x) dst[x] = make_uint4(0, 0, 0, 0);
         }
       }
-    }
 
-    // Scores (log2 units) of the group's query heads; the quad holds a row's 128 dims.
+      if constexpr (kWgmma) {
+        if (!p.stream_u) {
+          WgmmaWaitAll();
+          FenceAccumulators(acc);
+        }
+      }
+
+      // Keys: latent rows rotate at their positions; exact rows and the new token load theirs.
 #pragma unroll
-    for (int g = 0; g < kGroup; ++g) {
-      const uint32_t* qg =
-          reinterpret_cast<const uint32_t*>(q_s + (local_head * kGroup + g) * kHeadDim) + quad;
-      float part[2] = {0.0f, 0.0f};
+      for (int i = 0; i < 2; ++i) {
+        const int r = rows[i];
+        if (kinds[i] == kLatent) {
 #pragma unroll
-      for (int j = 0; j < kBlocks; ++j) {
-        const float2 qv = Bits32ToFloat2(qg[4 * j], p.bf16);
-        part[0] = fmaf(qv.x, acc[j][0], fmaf(qv.y, acc[j][1], part[0]));
-        part[1] = fmaf(qv.x, acc[j][2], fmaf(qv.y, acc[j][3], part[1]));
+          for (int j = 0; j < kHalf; ++j) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const float x1 = acc[j][2 * i + e];
+              const float x2 = acc[j + kHalf][2 * i + e];
+              acc[j][2 * i + e] = x1 * cs[i][j][e] - x2 * sn[i][j][e];
+              acc[j + kHalf][2 * i + e] = x2 * cs[i][j][e] + x1 * sn[i][j][e];
+            }
+          }
+        } else if (kinds[i] == kExact) {
+          const __half* kr = c.exact_k + row_src[r] * width + static_cast<int64_t>(kvh) * kHeadDim;
+#pragma unroll
+          for (int j = 0; j < kBlocks; ++j) {
+            const float2 f =
+                __half22float2(*reinterpret_cast<const __half2*>(kr + 8 * j + 2 * quad));
+            acc[j][2 * i] = f.x;
+            acc[j][2 * i + 1] = f.y;
+          }
+        } else if (kinds[i] == kNew) {
+          const uint16_t* kr = p.k_new + b * p.kv_row_stride + static_cast<int64_t>(kvh) * kHeadDim;
+#pragma unroll
+          for (int j = 0; j < kBlocks; ++j) {
+            acc[j][2 * i] = internal::SalsBits16ToFloat(kr[8 * j + 2 * quad], p.bf16);
+            acc[j][2 * i + 1] = internal::SalsBits16ToFloat(kr[8 * j + 2 * quad + 1], p.bf16);
+          }
+        } else {
+#pragma unroll
+          for (int j = 0; j < kBlocks; ++j) acc[j][2 * i] = acc[j][2 * i + 1] = 0.0f;
+        }
+      }
+
+      // Scores S^T = K Q^T: rows of the warp x the padded group, in log2 units.
+      float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      const uint32_t* qh =
+          reinterpret_cast<const uint32_t*>(q_s + (h * kQueryPad + lane / 4) * kHeadDim) + quad;
+#pragma unroll
+      for (int kk = 0; kk < kKSteps; ++kk) {
+        const uint32_t b0 = qh[8 * kk];
+        const uint32_t b1 = qh[8 * kk + 4];
+        uint32_t a[4];
+        if (p.bf16) {
+          a[0] = PackBF162(acc[2 * kk][0], acc[2 * kk][1]);
+          a[1] = PackBF162(acc[2 * kk][2], acc[2 * kk][3]);
+          a[2] = PackBF162(acc[2 * kk + 1][0], acc[2 * kk + 1][1]);
+          a[3] = PackBF162(acc[2 * kk + 1][2], acc[2 * kk + 1][3]);
+          MmaBF16(s, a, b0, b1);
+        } else {
+          a[0] = internal::PackHalf2(acc[2 * kk][0], acc[2 * kk][1]);
+          a[1] = internal::PackHalf2(acc[2 * kk][2], acc[2 * kk][3]);
+          a[2] = internal::PackHalf2(acc[2 * kk + 1][0], acc[2 * kk + 1][1]);
+          a[3] = internal::PackHalf2(acc[2 * kk + 1][2], acc[2 * kk + 1][3]);
+          MmaF16(s, a, b0, b1);
+        }
       }
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
-        part[i] += __shfl_xor_sync(0xffffffffu, part[i], 1);
-        part[i] += __shfl_xor_sync(0xffffffffu, part[i], 2);
-        if (quad == 0) {
-          prob[g * kTile + rows[i]] =
-              row_kind[rows[i]] != kInvalid ? part[i] * p.scale_log2 : -INFINITY;
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          s[2 * i + e] = kinds[i] != kInvalid ? s[2 * i + e] * p.scale_log2 : -INFINITY;
+        }
+      }
+
+      // Online softmax of the warp's rows, one rescale per tile.
+      float pr[4];
+#pragma unroll
+      for (int x = 0; x < 2; ++x) {
+        float mx = fmaxf(s[x], s[2 + x]);
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
+        const float m_new = fmaxf(m_run[h][x], mx);
+        const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+        const float alpha = exp2f(m_run[h][x] - m_use);
+        m_run[h][x] = m_new;
+        pr[x] = exp2f(s[x] - m_use);
+        pr[2 + x] = exp2f(s[2 + x] - m_use);
+        l_run[h][x] = l_run[h][x] * alpha + pr[x] + pr[2 + x];
+#pragma unroll
+        for (int i = 0; i < kKSteps; ++i) {
+          o_acc[h][i][x] *= alpha;
+          o_acc[h][i][2 + x] *= alpha;
+        }
+      }
+
+      // O^T += V^T P: P^T's 8x8 fragments transposed into the B operand.
+      __syncwarp();  // the warp's value tile is written
+      const uint32_t pb0 = Transpose8x8(internal::PackHalf2(pr[0], pr[1]));
+      const uint32_t pb1 = Transpose8x8(internal::PackHalf2(pr[2], pr[3]));
+      const int vrow = (lane & 7) + ((lane >> 4) << 3);
+      const int vcol = ((lane >> 3) & 1) * 8;
+#pragma unroll
+      for (int i = 0; i < kKSteps; ++i) {
+        uint32_t a[4];
+        LdMatrixX4<true>(a, reinterpret_cast<const __half*>(
+                                vs + vrow * lay.v_stride + (16 * i + vcol) * 2));
+        MmaF16(o_acc[h][i], a, pb0, pb1);
+      }
+      __syncwarp();  // before the next head's values overwrite the tile
+    }
+
+    WarpgroupSync(wg);  // the buffer is free for the warpgroup's next-but-one tile
+    issue_tile(k + buffers);
+    CpAsyncCommit();
+  }
+
+  // ---- Merge the warps' states per (head, query) and write this split's result.
+  CpAsyncWait<0>();
+  __syncthreads();
+  const int group = kGroup;
+  const int num_warps = num_wgs * 4;
+  float* merge_ml = reinterpret_cast<float*>(smem);  // [warp][head][g][2]
+  float* merge_o = merge_ml + num_warps * kHeads * group * 2;  // [warp][head][g][head_dim]
+#pragma unroll
+  for (int h = 0; h < kHeads; ++h) {
+#pragma unroll
+    for (int x = 0; x < 2; ++x) {
+      float l = l_run[h][x];
+      l += __shfl_xor_sync(0xffffffffu, l, 4);
+      l += __shfl_xor_sync(0xffffffffu, l, 8);
+      l += __shfl_xor_sync(0xffffffffu, l, 16);
+      const int g = 2 * quad + x;
+      if (g < group) {
+        if (lane < 4) {
+          merge_ml[((warp * kHeads + h) * group + g) * 2] = m_run[h][x];
+          merge_ml[((warp * kHeads + h) * group + g) * 2 + 1] = l;
+        }
+        float* o = merge_o + ((warp * kHeads + h) * group + g) * kHeadDim;
+#pragma unroll
+        for (int i = 0; i < kKSteps; ++i) {
+          o[16 * i + lane / 4] = o_acc[h][i][x];
+          o[16 * i + lane / 4 + 8] = o_acc[h][i][2 + x];
         }
       }
     }
-    __syncthreads();
-
-    // The tile's softmax per query head: max, probabilities, sum.
-    for (int g = warp; g < kGroup; g += kWarps) {
-      float mx = -INFINITY;
-      for (int r = lane; r < kTile; r += 32) mx = fmaxf(mx, prob[g * kTile + r]);
-      mx = WarpMax(mx);
-      float sum = 0.0f;
-      for (int r = lane; r < kTile; r += 32) {
-        const float pr = exp2f(prob[g * kTile + r] - mx);
-        prob[g * kTile + r] = pr;
-        sum += pr;
-      }
-      sum = WarpSum(sum);
-      if (lane == 0) ml[g] = make_float2(mx, sum);
+  }
+  __syncthreads();
+  for (int idx = tid; idx < kHeads * group * kHeadDim; idx += blockDim.x) {
+    const int hg = idx / kHeadDim;  // head * group + g
+    const int d = idx % kHeadDim;
+    float mx = -INFINITY;
+    for (int w = 0; w < num_warps; ++w) mx = fmaxf(mx, merge_ml[(w * kHeads * group + hg) * 2]);
+    const float ref = mx == -INFINITY ? 0.0f : mx;
+    float sum = 0.0f;
+    float value = 0.0f;
+    for (int w = 0; w < num_warps; ++w) {
+      const float wt = exp2f(merge_ml[(w * kHeads * group + hg) * 2] - ref);
+      sum = fmaf(wt, merge_ml[(w * kHeads * group + hg) * 2 + 1], sum);
+      value = fmaf(wt, merge_o[(w * kHeads * group + hg) * kHeadDim + d], value);
     }
-    __syncthreads();
-
-    // P V: lane group `stripe` takes rows stripe, stripe + kStripes, ...; lane `chunk` of it
-    // eight value dims.
-    const int chunk = lane % kChunks;
-    const int stripe = warp * kStripesPerWarp + lane / kChunks;
-    const int d0 = chunk * 8;
-    const int pair = p.v_pairs > 1 ? d0 / c.value_group_size : 0;
-    float o[kGroup][8];
-#pragma unroll
-    for (int g = 0; g < kGroup; ++g) {
-#pragma unroll
-      for (int e = 0; e < 8; ++e) o[g][e] = 0.0f;
-    }
-    for (int r = stripe; r < kTile; r += kStripes) {
-      const int kind = row_kind[r];
-      if (kind == kInvalid) continue;
-      float v[8];
-      if (kind == kLatent) {
-        const uint8_t* vr = smem + lay.v + r * p.v_row_bytes;
-        if (c.value_bits == 16) {
-          const uint4 raw = *reinterpret_cast<const uint4*>(vr + d0 * 2);
-          const __half2* h = reinterpret_cast<const __half2*>(&raw);
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const float2 f = __half22float2(h[e]);
-            v[2 * e] = f.x;
-            v[2 * e + 1] = f.y;
-          }
-        } else {
-          const __half2 sz = reinterpret_cast<const __half2*>(vr + p.v_code_bytes)[pair];
-          const float scale = __low2float(sz);
-          const float zero = __high2float(sz);
-          const uint32_t bits = c.value_bits == 4 ? *reinterpret_cast<const uint32_t*>(vr + d0 / 2)
-                                                  : *reinterpret_cast<const uint16_t*>(vr + d0 / 4);
-          const int shift = c.value_bits;
-          const uint32_t mask = (1u << shift) - 1;
-#pragma unroll
-          for (int e = 0; e < 8; ++e) {
-            // code * scale + zero, rounded as the reference does (no fused multiply-add).
-            v[e] =
-                __fadd_rn(__fmul_rn(static_cast<float>((bits >> (e * shift)) & mask), scale), zero);
-          }
-        }
-      } else if (kind == kExact) {
-        const uint4 raw = *reinterpret_cast<const uint4*>(
-            c.exact_v + row_src[r] * width + static_cast<int64_t>(kvh) * kHeadDim + d0);
-        const __half2* h = reinterpret_cast<const __half2*>(&raw);
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float2 f = __half22float2(h[e]);
-          v[2 * e] = f.x;
-          v[2 * e + 1] = f.y;
-        }
+    const int head = kv_head0 * kGroup + hg;
+    const bool empty = !(sum > 0.0f);  // only invalid selections (garbage in `selected`)
+    const float o = empty ? 0.0f : value / sum;
+    if (p.max_splits == 1) {
+      const int64_t at = (static_cast<int64_t>(b) * p.num_heads + head) * kHeadDim + d;
+      if (p.bf16) {
+        p.out[at] = __bfloat16_as_ushort(__float2bfloat16_rn(o));
       } else {
-        const uint16_t* vn =
-            p.v_new + b * p.kv_row_stride + static_cast<int64_t>(kvh) * kHeadDim + d0;
-#pragma unroll
-        for (int e = 0; e < 8; ++e) v[e] = internal::SalsBits16ToFloat(vn[e], p.bf16);
+        p.out[at] = __half_as_ushort(__float2half_rn(o));
       }
-#pragma unroll
-      for (int g = 0; g < kGroup; ++g) {
-        const float pr = prob[g * kTile + r];
-#pragma unroll
-        for (int e = 0; e < 8; ++e) o[g][e] = fmaf(pr, v[e], o[g][e]);
-      }
-    }
-#pragma unroll
-    for (int off = kChunks; off < 32; off *= 2) {
-#pragma unroll
-      for (int g = 0; g < kGroup; ++g) {
-#pragma unroll
-        for (int e = 0; e < 8; ++e) o[g][e] += __shfl_xor_sync(0xffffffffu, o[g][e], off);
-      }
-    }
-    if (lane < kChunks) {
-#pragma unroll
-      for (int g = 0; g < kGroup; ++g) {
-#pragma unroll
-        for (int e = 0; e < 8; ++e) red[(warp * kGroup + g) * kHeadDim + d0 + e] = o[g][e];
-      }
-    }
-    __syncthreads();
-    for (int idx = tid; idx < kGroup * kHeadDim; idx += kThreads) {
-      const int g = idx / kHeadDim;
-      const int d = idx % kHeadDim;
-      float sum = 0.0f;
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) sum += red[w * kGroup * kHeadDim + idx];
-      const float2 stats = ml[g];
+    } else {
       const int64_t part =
-          (static_cast<int64_t>(b) * p.max_tiles + tile) * p.num_heads + kvh * kGroup + g;
-      // A tile of only invalid selections (garbage in `selected`) contributes nothing.
-      const bool empty = !(stats.y > 0.0f);
-      p.partial_o[part * kHeadDim + d] = empty ? 0.0f : sum / stats.y;
-      if (d == 0) p.partial_lse[part] = empty ? -INFINITY : stats.x + log2f(stats.y);
+          (static_cast<int64_t>(b) * p.max_splits + split) * p.num_heads + head;
+      p.partial_o[part * kHeadDim + d] = o;
+      if (d == 0) p.partial_lse[part] = empty ? -INFINITY : mx + log2f(sum);
     }
   }
 }
 
-// One block per (sequence, head): weights each tile by exp2(lse - max lse) and normalizes.
+// One block per (sequence, head): weights each split by exp2(lse - max lse) and normalizes.
 template <typename T>
 __global__ void __launch_bounds__(kCombineThreads)
     CombineKernel(const int32_t* __restrict__ kv_lens, SalsSelectionPolicy policy, int max_cached,
-                  int tile_tokens, const float* __restrict__ partial_o,
-                  const float* __restrict__ partial_lse, int max_tiles, int num_heads, int head_dim,
-                  T* __restrict__ out) {
+                  int split_rows, const float* __restrict__ partial_o,
+                  const float* __restrict__ partial_lse, int max_splits, int num_heads,
+                  int head_dim, T* __restrict__ out) {
   const int b = blockIdx.x / num_heads;
   const int head = blockIdx.x % num_heads;
   const int cached = min(kv_lens[b], max_cached);
   const SalsSelection sel = SalsPlanSelection(policy, cached);
-  const int tiles = min(max_tiles, (sel.attended(cached) + tile_tokens - 1) / tile_tokens);
-  auto part = [&](int t) { return (static_cast<int64_t>(b) * max_tiles + t) * num_heads + head; };
+  const int splits = min(max_splits, (sel.attended(cached) + split_rows - 1) / split_rows);
+  auto part = [&](int t) { return (static_cast<int64_t>(b) * max_splits + t) * num_heads + head; };
   float mx = -INFINITY;
-  for (int t = 0; t < tiles; ++t) mx = fmaxf(mx, partial_lse[part(t)]);
+  for (int t = 0; t < splits; ++t) mx = fmaxf(mx, partial_lse[part(t)]);
   const float ref = mx == -INFINITY ? 0.0f : mx;
   for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
     float sum = 0.0f;
     float value = 0.0f;
-    for (int t = 0; t < tiles; ++t) {
+    for (int t = 0; t < splits; ++t) {
       const float w = exp2f(partial_lse[part(t)] - ref);
       sum += w;
       value = fmaf(w, partial_o[part(t) * head_dim + d], value);
@@ -692,37 +939,35 @@ int ValueRowBytes(const SalsKvCache& c) {
   return AlignUp(codes + 4 * pairs, 16);
 }
 
-// Calls f.template operator()<kHeadDim, kGroup, kWarps, kWgmma>() for the plan's shapes: the one
-// place where they become template parameters (ValidateDecode refused everything else).
+// Calls f.template operator()<kHeadDim, kGroup, kHeads, kWgmma>() for the plan's shapes: the
+// one place where they become template parameters (ValidateDecode refused everything else).
 template <typename F>
-absl::Status DispatchSparse(int head_dim, int group, int warps, bool wgmma, F&& f) {
-  auto with_warps = [&]<int kHeadDim, int kGroup>() -> absl::Status {
-    auto with_mma = [&]<int kWarps>() -> absl::Status {
-      return wgmma ? f.template operator()<kHeadDim, kGroup, kWarps, true>()
-                   : f.template operator()<kHeadDim, kGroup, kWarps, false>();
+absl::Status DispatchSparse(int head_dim, int group, int heads, bool wgmma, F&& f) {
+  auto with_heads = [&]<int kHeadDim, int kGroup>() -> absl::Status {
+    auto with_mma = [&]<int kHeads>() -> absl::Status {
+      return wgmma ? f.template operator()<kHeadDim, kGroup, kHeads, true>()
+                   : f.template operator()<kHeadDim, kGroup, kHeads, false>();
     };
-    return warps == 8 ? with_mma.template operator()<8>() : with_mma.template operator()<4>();
+    return heads == 2 ? with_mma.template operator()<2>() : with_mma.template operator()<1>();
   };
   auto with_group = [&]<int kHeadDim>() -> absl::Status {
     switch (group) {
       case 1:
-        return with_warps.template operator()<kHeadDim, 1>();
+        return with_heads.template operator()<kHeadDim, 1>();
       case 2:
-        return with_warps.template operator()<kHeadDim, 2>();
+        return with_heads.template operator()<kHeadDim, 2>();
       case 4:
-        return with_warps.template operator()<kHeadDim, 4>();
+        return with_heads.template operator()<kHeadDim, 4>();
       default:
-        return with_warps.template operator()<kHeadDim, 8>();
+        return with_heads.template operator()<kHeadDim, 8>();
     }
   };
   return head_dim == 128 ? with_group.template operator()<128>()
                          : with_group.template operator()<64>();
 }
 
-}  // namespace
-
-absl::Status internal::ValidateSalsDecode(const char* what, const SalsKvCache& c,
-                                          const SalsSelectionPolicy& p, int num_heads) {
+absl::Status ValidateDecode(const char* what, const SalsKvCache& c, const SalsSelectionPolicy& p,
+                            int num_heads) {
   SALS_KERNELS_RETURN_IF_ERROR(ValidateSalsKvCache(c));
   SALS_KERNELS_RETURN_IF_ERROR(ValidateSalsPolicy(c, p));
   if (c.block_tables == nullptr || c.kv_lens == nullptr || c.exact_slots == nullptr) {
@@ -738,9 +983,10 @@ absl::Status internal::ValidateSalsDecode(const char* what, const SalsKvCache& c
     return absl::InvalidArgumentError(absl::StrCat(what, ": unsupported GQA group ", num_heads, "/",
                                                    c.num_kv_heads, " (have 1, 2, 4, 8)"));
   }
-  if (p.rank > kMaxRank) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, ": rank ", p.rank, " above the supported ", kMaxRank));
+  if (p.rank > kMaxRank || c.rank % 8 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": rank ", p.rank, " (stored ", c.rank,
+                                                   ") must be at most ", kMaxRank,
+                                                   " and the stored rank a multiple of 8"));
   }
   const int gs = c.value_group_size;
   if (c.value_bits != 16 && (gs % 8 != 0 || (c.head_dim % gs != 0 && gs % c.head_dim != 0))) {
@@ -750,6 +996,14 @@ absl::Status internal::ValidateSalsDecode(const char* what, const SalsKvCache& c
   }
   return absl::OkStatus();
 }
+
+SmemLayout LayoutFor(const SalsKvCache& cache, const SalsSelectionPolicy& policy, int group,
+                     const SalsDecodePlan& plan) {
+  return MakeSmemLayout(cache.head_dim, policy.rank, plan.heads_per_block, plan.warpgroups,
+                        plan.buffers, plan.stream_u, ValueRowBytes(cache), group);
+}
+
+}  // namespace
 
 bool SalsWgmmaAvailable() {
   static const bool available = [] {
@@ -765,10 +1019,8 @@ bool SalsWgmmaAvailable() {
 
 absl::StatusOr<SalsDecodePlan> PlanSalsDecode(const SalsKvCache& cache,
                                               const SalsSelectionPolicy& policy, int batch,
-                                              int num_heads, int max_cached, SalsKeyRebuild rebuild,
-                                              bool allow_wgmma) {
-  SALS_KERNELS_RETURN_IF_ERROR(
-      internal::ValidateSalsDecode("PlanSalsDecode", cache, policy, num_heads));
+                                              int num_heads, int max_cached, bool allow_wgmma) {
+  SALS_KERNELS_RETURN_IF_ERROR(ValidateDecode("PlanSalsDecode", cache, policy, num_heads));
   if (batch < 0 || batch > 65535 || max_cached < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("PlanSalsDecode: bad batch ", batch, " or max_cached ", max_cached));
@@ -796,53 +1048,43 @@ absl::StatusOr<SalsDecodePlan> PlanSalsDecode(const SalsKvCache& cache,
   plan.score_block_tokens =
       static_cast<int64_t>(batch) * plan.max_middle >= kLargeScoreWork ? 512 : 64;
   plan.topk_cluster = SalsTopKClusterFor(plan.max_middle);
-  const int attended = sel.attended(max_cached);
-  plan.rebuild = rebuild;
-  if (rebuild == SalsKeyRebuild::kGemm) {
-    if (cache.rank % 8 != 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "PlanSalsDecode: kGemm needs a stored rank multiple of 8, got ", cache.rank));
-    }
-    plan.wgmma = false;
-    plan.heads_per_block = internal::SalsGemmHeadsPerBlock(cache.num_kv_heads, group);
-    plan.chunk_sequences = internal::SalsGemmChunkSequences(cache, batch, plan.max_topk);
-    // 64-row tiles unless that leaves fewer than two blocks per multiprocessor in a round.
-    const int64_t blocks64 = static_cast<int64_t>(plan.chunk_sequences) * CeilDiv(attended, 64) *
-                             (cache.num_kv_heads / plan.heads_per_block);
-    plan.tile_tokens = blocks64 >= 2 * num_sms ? 64 : 32;
-    plan.max_tiles = std::max(1, static_cast<int>(CeilDiv(attended, plan.tile_tokens)));
-    return plan;
-  }
-  // Blocks run in waves over the multiprocessors (one block each: the latent tile fills shared
-  // memory); a block costs about its heads plus one head's worth of fixed work (loading the tile,
-  // the query, the RoPE table). Take the tile of 128 tokens where it fits, and the head group
-  // with the fewest waves x cost, larger groups on ties (less latent traffic).
-  for (int warps : {8, 4}) {
-    const int tile = warps * 16;
-    const int tiles = static_cast<int>(CeilDiv(attended, tile));
-    int64_t best_cost = std::numeric_limits<int64_t>::max();
-    int best_heads = 1;
-    for (int heads : {8, 4, 2, 1}) {
-      if (cache.num_kv_heads % heads != 0) continue;
-      const int64_t blocks = static_cast<int64_t>(batch) * tiles * (cache.num_kv_heads / heads);
-      const int64_t cost = CeilDiv(blocks, num_sms) * (heads + 1);
-      if (cost < best_cost) {
-        best_cost = cost;
-        best_heads = heads;
-      }
-    }
-    const SmemLayout lay =
-        MakeSmemLayout(warps, policy.rank, cache.head_dim, group, best_heads, ValueRowBytes(cache));
-    if (lay.bytes <= max_smem) {
-      plan.tile_tokens = tile;
-      plan.max_tiles = std::max(1, tiles);
-      plan.heads_per_block = best_heads;
-      return plan;
+
+  // The first layout that fits, in order of preference: two warpgroups (one loads or computes
+  // while the other does the other), two heads (each latent row read half as often), two
+  // buffers; else U streamed per tile.
+  struct Shape {
+    int heads, warpgroups, buffers;
+    bool stream_u;
+  };
+  const Shape shapes[] = {{2, 2, 2, false}, {1, 2, 2, false}, {2, 2, 1, false}, {1, 2, 1, false},
+                          {2, 1, 2, false}, {1, 1, 2, false}, {1, 1, 1, false}, {1, 1, 1, true}};
+  bool found = false;
+  for (const Shape& s : shapes) {
+    if (cache.num_kv_heads % s.heads != 0) continue;
+    plan.heads_per_block = s.heads;
+    plan.warpgroups = s.warpgroups;
+    plan.buffers = s.buffers;
+    plan.stream_u = s.stream_u;
+    if (LayoutFor(cache, policy, group, plan).bytes <= max_smem) {
+      found = true;
+      break;
     }
   }
-  return absl::InvalidArgumentError(
-      absl::StrCat("PlanSalsDecode: rank ", policy.rank, " with ", cache.value_bits,
-                   "-bit values needs more shared memory than the device's ", max_smem, " bytes"));
+  if (!found) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("PlanSalsDecode: rank ", policy.rank, " with ", cache.value_bits,
+                     "-bit values needs more shared memory than the device's ", max_smem,
+                     " bytes"));
+  }
+  // Splits: about one block per multiprocessor over the batch's (sequence, head group) pairs.
+  const int tiles = static_cast<int>(
+      std::max<int64_t>(1, CeilDiv(sel.attended(max_cached), kTileRows)));
+  const int64_t pairs =
+      std::max<int64_t>(1, static_cast<int64_t>(batch) * (cache.num_kv_heads / plan.heads_per_block));
+  const int splits = static_cast<int>(std::clamp<int64_t>(num_sms / pairs, 1, tiles));
+  plan.tiles_per_split = static_cast<int>(CeilDiv(tiles, splits));
+  plan.max_splits = static_cast<int>(CeilDiv(tiles, plan.tiles_per_split));
+  return plan;
 }
 
 SalsWorkspaceLayout SalsDecodeWorkspace(const SalsKvCache& cache, const SalsDecodePlan& plan) {
@@ -859,14 +1101,9 @@ SalsWorkspaceLayout SalsDecodeWorkspace(const SalsKvCache& cache, const SalsDeco
   w.q_latent = take(batch * plan.score_stride * sizeof(float));
   w.scores = take(batch * plan.max_middle * sizeof(float));
   w.selected = take(batch * plan.max_topk * sizeof(int32_t));
-  const size_t parts = batch * plan.max_tiles * plan.num_heads;
+  const size_t parts = plan.max_splits > 1 ? batch * plan.max_splits * plan.num_heads : 0;
   w.partial_o = take(parts * cache.head_dim * sizeof(float));
   w.partial_lse = take(parts * sizeof(float));
-  if (plan.rebuild == SalsKeyRebuild::kGemm) {
-    const size_t rows = static_cast<size_t>(plan.chunk_sequences) * plan.max_topk;
-    w.gathered = take(rows * CeilDiv(cache.rank, 8) * 8 * sizeof(__half));
-    w.rebuilt = take(rows * cache.width() * sizeof(__half));
-  }
   w.bytes = off;
   return w;
 }
@@ -876,33 +1113,24 @@ absl::Status SalsSparseAttention(DType dtype, const SalsKvCache& cache,
                                  const void* q, int64_t q_row_stride, const void* k_new,
                                  const void* v_new, int64_t kv_row_stride, const float* inv_freq,
                                  float scale, const int32_t* selected, void* workspace, void* out,
-                                 cudaStream_t stream, cublasHandle_t blas) {
+                                 cudaStream_t stream) {
   SALS_KERNELS_RETURN_IF_ERROR(
-      internal::ValidateSalsDecode("SalsSparseAttention", cache, policy, plan.num_heads));
+      ValidateDecode("SalsSparseAttention", cache, policy, plan.num_heads));
   if (dtype != DType::kF16 && dtype != DType::kBF16) {
     return absl::InvalidArgumentError(
         absl::StrCat("SalsSparseAttention: unsupported activation dtype ", DTypeName(dtype)));
   }
   const SalsSelection longest = SalsPlanSelection(policy, std::max(0, plan.max_cached));
-  if (plan.rebuild == SalsKeyRebuild::kGemm) {
-    if (plan.max_cached < 0 || plan.max_topk < longest.topk ||
-        plan.max_tiles * plan.tile_tokens < longest.attended(plan.max_cached) ||
-        workspace == nullptr || selected == nullptr || inv_freq == nullptr) {
-      return absl::InvalidArgumentError("SalsSparseAttention: bad plan or null pointer");
-    }
-    if (q_row_stride < static_cast<int64_t>(plan.num_heads) * cache.head_dim ||
-        kv_row_stride < cache.width()) {
-      return absl::InvalidArgumentError("SalsSparseAttention: row stride shorter than a row");
-    }
-    if (plan.batch == 0) return absl::OkStatus();
-    return internal::SalsGemmSparseAttention(dtype, cache, policy, plan, q, q_row_stride, k_new,
-                                             v_new, kv_row_stride, inv_freq, scale, selected,
-                                             workspace, out, stream, blas);
-  }
-  if ((plan.tile_tokens != 64 && plan.tile_tokens != 128) || plan.max_cached < 0 ||
-      plan.max_topk < longest.topk ||
-      plan.max_tiles * plan.tile_tokens < longest.attended(plan.max_cached) ||
-      plan.heads_per_block < 1 || cache.num_kv_heads % plan.heads_per_block != 0 ||
+  const int64_t tiles = CeilDiv(longest.attended(plan.max_cached), kTileRows);
+  const bool shape_ok = (plan.heads_per_block == 1 || plan.heads_per_block == 2) &&
+                        cache.num_kv_heads % plan.heads_per_block == 0 &&
+                        (plan.warpgroups == 1 || plan.warpgroups == 2) &&
+                        (plan.buffers == 1 || plan.buffers == 2) &&
+                        (!plan.stream_u || (plan.heads_per_block == 1 && plan.warpgroups == 1 &&
+                                            plan.buffers == 1));
+  if (!shape_ok || plan.max_cached < 0 || plan.max_topk < longest.topk ||
+      plan.tiles_per_split < 1 || plan.max_splits < 1 ||
+      static_cast<int64_t>(plan.max_splits) * plan.tiles_per_split < tiles ||
       (plan.wgmma && !SalsWgmmaAvailable()) || workspace == nullptr || selected == nullptr ||
       inv_freq == nullptr) {
     return absl::InvalidArgumentError("SalsSparseAttention: bad plan or null pointer");
@@ -914,7 +1142,6 @@ absl::Status SalsSparseAttention(DType dtype, const SalsKvCache& cache,
   if (plan.batch == 0) return absl::OkStatus();
   const SalsWorkspaceLayout ws = SalsDecodeWorkspace(cache, plan);
   const int group = plan.num_heads / cache.num_kv_heads;
-  const int warps = plan.tile_tokens / 16;
   AttentionParams p;
   p.cache = cache;
   p.policy = policy;
@@ -929,40 +1156,34 @@ absl::Status SalsSparseAttention(DType dtype, const SalsKvCache& cache,
   p.max_topk = plan.max_topk;
   p.partial_o = reinterpret_cast<float*>(static_cast<uint8_t*>(workspace) + ws.partial_o);
   p.partial_lse = reinterpret_cast<float*>(static_cast<uint8_t*>(workspace) + ws.partial_lse);
+  p.out = static_cast<uint16_t*>(out);
   p.max_cached = plan.max_cached;
-  p.max_tiles = plan.max_tiles;
+  p.max_splits = plan.max_splits;
+  p.tiles_per_split = plan.tiles_per_split;
   p.num_heads = plan.num_heads;
-  p.heads_per_block = plan.heads_per_block;
+  p.rank_tiles = static_cast<int>(CeilDiv(policy.rank, kKTile));
+  p.buffers = plan.buffers;
+  p.stream_u = plan.stream_u;
   p.v_code_bytes = cache.head_dim * cache.value_bits / 8;
   p.v_pairs = cache.value_bits == 16 ? 0 : std::max(1, cache.head_dim / cache.value_group_size);
   p.v_row_bytes = ValueRowBytes(cache);
   p.bf16 = dtype == DType::kBF16;
-  p.spread_u_reads = plan.spread_u_reads;
-  p.stream_latents = plan.stream_latents;
-  p.smem = MakeSmemLayout(warps, policy.rank, cache.head_dim, group, plan.heads_per_block,
-                          p.v_row_bytes);
+  p.smem = LayoutFor(cache, policy, group, plan);
   SALS_KERNELS_RETURN_IF_ERROR(DispatchSparse(
-      cache.head_dim, group, warps, plan.wgmma,
-      [&]<int kHeadDim, int kGroup, int kWarps, bool kWgmma>() -> absl::Status {
-        auto kernel = SparseAttentionKernel<kHeadDim, kGroup, kWarps, kWgmma>;
+      cache.head_dim, group, plan.heads_per_block, plan.wgmma,
+      [&]<int kHeadDim, int kGroup, int kHeads, bool kWgmma>() -> absl::Status {
+        auto kernel = SparseAttentionKernel<kHeadDim, kGroup, kHeads, kWgmma>;
         SALS_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
             kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, p.smem.bytes));
-        const dim3 grid(plan.max_tiles, plan.batch, cache.num_kv_heads / plan.heads_per_block);
-        kernel<<<grid, kWarps * 32, p.smem.bytes, stream>>>(p);
+        const dim3 grid(plan.max_splits, plan.batch, cache.num_kv_heads / kHeads);
+        kernel<<<grid, plan.warpgroups * kWgThreads, p.smem.bytes, stream>>>(p);
         return LastLaunchStatus("SparseAttentionKernel");
       }));
-  return internal::LaunchSalsCombine(dtype, cache, policy, plan, p.partial_o, p.partial_lse, out,
-                                     stream);
-}
-
-absl::Status internal::LaunchSalsCombine(DType dtype, const SalsKvCache& cache,
-                                         const SalsSelectionPolicy& policy,
-                                         const SalsDecodePlan& plan, const float* partial_o,
-                                         const float* partial_lse, void* out, cudaStream_t stream) {
+  if (plan.max_splits == 1) return absl::OkStatus();
   return internal::DispatchActivation(dtype, "SalsSparseAttention", [&]<typename T>(T) {
     CombineKernel<T><<<plan.batch * plan.num_heads, kCombineThreads, 0, stream>>>(
-        cache.kv_lens, policy, plan.max_cached, plan.tile_tokens, partial_o, partial_lse,
-        plan.max_tiles, plan.num_heads, cache.head_dim, static_cast<T*>(out));
+        cache.kv_lens, policy, plan.max_cached, plan.tiles_per_split * kTileRows, p.partial_o,
+        p.partial_lse, plan.max_splits, plan.num_heads, cache.head_dim, static_cast<T*>(out));
     return LastLaunchStatus("CombineKernel");
   });
 }
@@ -972,7 +1193,7 @@ absl::Status SalsDecodeAttention(DType dtype, const SalsKvCache& cache,
                                  const void* q_pre, const void* q, int64_t q_row_stride,
                                  const void* k_new, const void* v_new, int64_t kv_row_stride,
                                  const float* inv_freq, float scale, void* workspace, void* out,
-                                 cudaStream_t stream, cublasHandle_t blas) {
+                                 cudaStream_t stream) {
   if (workspace == nullptr) {
     return absl::InvalidArgumentError("SalsDecodeAttention: null workspace");
   }
@@ -987,8 +1208,7 @@ absl::Status SalsDecodeAttention(DType dtype, const SalsKvCache& cache,
   SALS_KERNELS_RETURN_IF_ERROR(SalsLatentScores(cache, policy, plan, q_latent, scores, stream));
   SALS_KERNELS_RETURN_IF_ERROR(SalsTopK(cache, policy, plan, scores, selected, stream));
   return SalsSparseAttention(dtype, cache, policy, plan, q, q_row_stride, k_new, v_new,
-                             kv_row_stride, inv_freq, scale, selected, workspace, out, stream,
-                             blas);
+                             kv_row_stride, inv_freq, scale, selected, workspace, out, stream);
 }
 
 }  // namespace sals::kernels

@@ -1,6 +1,5 @@
-// What a SALS decode attention kernel reads for each attended row: shared by the fused rebuild
-// kernel (sals_attention.cu) and the GEMM-rebuild path (sals_rebuild_attention.cu), so that both
-// follow CpuKvStore::ReadSals in one place.
+// What the SALS decode attention kernel (sals_attention.cu) reads for each attended row, following
+// CpuKvStore::ReadSals: the one definition of the row kinds.
 #pragma once
 
 #include <cuda_bf16.h>

@@ -5,7 +5,6 @@
 // step (latent query, scores, top-k, attention) on random storage of awkward shapes.
 #include "sals/kernels/sals_decode.h"
 
-#include <cublas_v2.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -459,22 +458,6 @@ TEST_F(SalsTopKTest, TiesNansAndSignedZeros) {
 
 // ---- The sparse attention and the whole step.
 
-// One cuBLAS handle for the kGemm plans of every test.
-cublasHandle_t Blas() {
-  struct Handle {
-    cublasHandle_t h = nullptr;
-    Handle() {
-      if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) h = nullptr;
-    }
-    ~Handle() {
-      if (h != nullptr) cublasDestroy(h);
-    }
-  };
-  static Handle handle;
-  EXPECT_NE(handle.h, nullptr) << "cublasCreate failed";
-  return handle.h;
-}
-
 class SalsDecodeTest : public ::testing::TestWithParam<Shape> {
  protected:
   void SetUp() override { RequireDevice(); }
@@ -507,35 +490,51 @@ std::vector<std::vector<int>> RandomSelections(std::mt19937_64& rng, const HostS
   return out;
 }
 
+// The planned attention and every smaller layout of the kernel: one KV head per block, one
+// warpgroup, one buffer, U streamed per tile, one tile per split (most splits), one split (the
+// output written without the combine), and the mma.sync rebuild where wgmma is the default.
 std::vector<SalsDecodePlan> PlansToTry(const SalsKvCache& cache, const SalsSelectionPolicy& policy,
                                        int batch, int num_heads, int max_cached) {
-  // The GEMM rebuild as planned, and with the other tile and one sequence per round.
-  const SalsDecodePlan gemm = ValueOrDie(
-      PlanSalsDecode(cache, policy, batch, num_heads, max_cached, SalsKeyRebuild::kGemm));
-  SalsDecodePlan gemm_rounds = gemm;
-  gemm_rounds.tile_tokens = gemm.tile_tokens == 64 ? 32 : 64;
-  gemm_rounds.max_tiles = static_cast<int>(
-      (SalsPlanSelection(policy, max_cached).attended(max_cached) + gemm_rounds.tile_tokens - 1) /
-      gemm_rounds.tile_tokens);
-  gemm_rounds.chunk_sequences = 1;
-  const SalsDecodePlan planned = ValueOrDie(
-      PlanSalsDecode(cache, policy, batch, num_heads, max_cached, SalsKeyRebuild::kFused));
-  std::vector<SalsDecodePlan> plans = {gemm, gemm_rounds, planned};
-  SalsDecodePlan one_head = planned;  // with both load variants
+  const SalsDecodePlan planned =
+      ValueOrDie(PlanSalsDecode(cache, policy, batch, num_heads, max_cached));
+  const int tiles = static_cast<int>(
+      (SalsPlanSelection(policy, max_cached).attended(max_cached) + 63) / 64);
+  std::vector<SalsDecodePlan> plans = {planned};
+  SalsDecodePlan one_head = planned;
   one_head.heads_per_block = 1;
-  one_head.spread_u_reads = true;
-  one_head.stream_latents = true;
   plans.push_back(one_head);
-  if (planned.wgmma) {  // the mma.sync path too, where the wgmma one is the default
-    SalsDecodePlan mma = planned;
-    mma.wgmma = false;
-    mma.stream_latents = true;
-    mma.heads_per_block = cache.num_kv_heads;
-    if (mma.heads_per_block > 8) mma.heads_per_block = 8;
-    if (cache.num_kv_heads % mma.heads_per_block != 0) mma.heads_per_block = 1;
-    plans.push_back(mma);
+  SalsDecodePlan small = one_head;
+  small.warpgroups = 1;
+  small.buffers = 1;
+  small.tiles_per_split = 1;
+  small.max_splits = tiles;
+  plans.push_back(small);
+  SalsDecodePlan streamed = small;
+  streamed.stream_u = true;
+  streamed.tiles_per_split = tiles;
+  streamed.max_splits = 1;
+  plans.push_back(streamed);
+  SalsDecodePlan whole = planned;
+  whole.tiles_per_split = tiles;
+  whole.max_splits = 1;
+  plans.push_back(whole);
+  if (planned.wgmma) {
+    for (size_t i = 0, n = plans.size(); i < n; ++i) {
+      SalsDecodePlan mma = plans[i];
+      mma.wgmma = false;
+      plans.push_back(mma);
+    }
   }
   return plans;
+}
+
+// The plan's attention layout, for failure messages.
+std::string PlanName(const SalsDecodePlan& plan) {
+  return "heads=" + std::to_string(plan.heads_per_block) +
+         " warpgroups=" + std::to_string(plan.warpgroups) +
+         " buffers=" + std::to_string(plan.buffers) + " stream_u=" + std::to_string(plan.stream_u) +
+         " tiles_per_split=" + std::to_string(plan.tiles_per_split) +
+         " splits=" + std::to_string(plan.max_splits) + " wgmma=" + std::to_string(plan.wgmma);
 }
 
 TEST_P(SalsDecodeTest, SparseAttentionMatchesReference) {
@@ -562,10 +561,7 @@ TEST_P(SalsDecodeTest, SparseAttentionMatchesReference) {
     }
     for (const SalsDecodePlan& plan : PlansToTry(cache, policy, batch, in.num_heads, max_cached)) {
       SCOPED_TRACE(::testing::Message()
-                   << "batch=" << batch << " max_cached=" << max_cached
-                   << " tile=" << plan.tile_tokens << " heads_per_block=" << plan.heads_per_block
-                   << " wgmma=" << plan.wgmma << " gemm=" << (plan.rebuild == SalsKeyRebuild::kGemm)
-                   << " chunk=" << plan.chunk_sequences);
+                   << "batch=" << batch << " max_cached=" << max_cached << " " << PlanName(plan));
       std::vector<int32_t> selected(static_cast<size_t>(batch) * plan.max_topk, -1);
       for (int b = 0; b < batch; ++b) {
         std::copy(selections[b].begin(), selections[b].end(), selected.begin() + b * plan.max_topk);
@@ -580,7 +576,58 @@ TEST_P(SalsDecodeTest, SparseAttentionMatchesReference) {
           SalsSparseAttention(s.dtype, cache, policy, plan, qkv, in.row_stride, qkv + q_width,
                               qkv + q_width + h.width(), in.row_stride, d.inv_freq.get(),
                               1.0f / std::sqrt(static_cast<float>(s.head_dim)), d_selected.get(),
-                              workspace.get(), d_out.get(), nullptr, Blas()));
+                              workspace.get(), d_out.get(), nullptr));
+      const std::vector<float> got = DecodeAll(s.dtype, ToHost(d_out));
+      ExpectClose(got, want, 2e-4f, 2 * Eps(s.dtype), "sparse attention");
+    }
+  }
+}
+
+// Tiling edges of the attention kernel: attended counts around the 64-row tile (one row: the new
+// token alone), one selected row, and every middle row selected.
+TEST_P(SalsDecodeTest, TilingEdgesMatchReference) {
+  const Shape& s = GetParam();
+  auto rng = FreshRng();
+  const std::vector<int32_t> kv_lens = {0, 1, 62, 63, 64, 65, 127, 128, 129, 200, 1000};
+  const int batch = static_cast<int>(kv_lens.size());
+  const int max_cached = *std::max_element(kv_lens.begin(), kv_lens.end());
+  const HostSals h = MakeHostSals(rng, s, kv_lens);
+  const DeviceSals d(h);
+  const SalsKvCache cache = d.View(h);
+  const StepInputs in = MakeStepInputs(rng, s, batch);
+  auto d_qkv = ToDevice(in.qkv.bits);
+  SalsSelectionPolicy one = MakePolicy(s);
+  one.topk_fraction = 0.0;
+  one.token_budget = 1;
+  SalsSelectionPolicy all = MakePolicy(s);
+  all.select_all = true;
+  for (const SalsSelectionPolicy& policy : {one, all}) {
+    SCOPED_TRACE(::testing::Message() << "select_all=" << policy.select_all);
+    const std::vector<std::vector<int>> selections = RandomSelections(rng, h, policy);
+    std::vector<float> want;
+    for (int b = 0; b < batch; ++b) {
+      const SalsSelection sel = SalsPlanSelection(policy, kv_lens[b]);
+      const std::vector<float> o =
+          ReferenceAttention(h, in, b, AttendedPositions(sel, kv_lens[b], selections[b]), s.rank);
+      want.insert(want.end(), o.begin(), o.end());
+    }
+    for (const SalsDecodePlan& plan : PlansToTry(cache, policy, batch, in.num_heads, max_cached)) {
+      SCOPED_TRACE(PlanName(plan));
+      std::vector<int32_t> selected(static_cast<size_t>(batch) * plan.max_topk, -1);
+      for (int b = 0; b < batch; ++b) {
+        std::copy(selections[b].begin(), selections[b].end(), selected.begin() + b * plan.max_topk);
+      }
+      auto d_selected = ToDevice(selected);
+      auto workspace =
+          ValueOrDie(DeviceBuffer<uint8_t>::Allocate(SalsDecodeWorkspace(cache, plan).bytes));
+      auto d_out = PoisonedBuffer16(want.size());
+      const uint16_t* qkv = d_qkv.get();
+      const int q_width = in.num_heads * s.head_dim;
+      SALS_ASSERT_OK(
+          SalsSparseAttention(s.dtype, cache, policy, plan, qkv, in.row_stride, qkv + q_width,
+                              qkv + q_width + h.width(), in.row_stride, d.inv_freq.get(),
+                              1.0f / std::sqrt(static_cast<float>(s.head_dim)), d_selected.get(),
+                              workspace.get(), d_out.get(), nullptr));
       const std::vector<float> got = DecodeAll(s.dtype, ToHost(d_out));
       ExpectClose(got, want, 2e-4f, 2 * Eps(s.dtype), "sparse attention");
     }
@@ -600,19 +647,15 @@ TEST_P(SalsDecodeTest, WholeStepMatchesReference) {
   const StepInputs in = MakeStepInputs(rng, s, batch);
   auto d_qkv = ToDevice(in.qkv.bits);
   auto d_q_pre = ToDevice(in.q_pre.bits);
-  // The planned step (GEMM rebuild), and a fused one with the other scoring block size and both
-  // load variants.
+  // The planned step, and one with the other scoring block size and the smallest attention
+  // layout.
   const SalsDecodePlan planned =
       ValueOrDie(PlanSalsDecode(cache, policy, batch, in.num_heads, max_cached));
-  SalsDecodePlan variant = ValueOrDie(
-      PlanSalsDecode(cache, policy, batch, in.num_heads, max_cached, SalsKeyRebuild::kFused));
+  SalsDecodePlan variant = PlansToTry(cache, policy, batch, in.num_heads, max_cached)[2];
   variant.score_block_tokens = planned.score_block_tokens == 64 ? 512 : 64;
-  variant.spread_u_reads = true;
-  variant.stream_latents = true;
   for (const SalsDecodePlan& plan : {planned, variant}) {
-    SCOPED_TRACE(::testing::Message() << "score_block_tokens=" << plan.score_block_tokens
-                                      << " variants=" << plan.spread_u_reads
-                                      << " gemm=" << (plan.rebuild == SalsKeyRebuild::kGemm));
+    SCOPED_TRACE(::testing::Message() << "score_block_tokens=" << plan.score_block_tokens << " "
+                                      << PlanName(plan));
     const SalsWorkspaceLayout layout = SalsDecodeWorkspace(cache, plan);
     auto workspace = ValueOrDie(DeviceBuffer<uint8_t>::Allocate(layout.bytes));
     auto d_out = PoisonedBuffer16(static_cast<size_t>(batch) * in.num_heads * s.head_dim);
@@ -622,7 +665,7 @@ TEST_P(SalsDecodeTest, WholeStepMatchesReference) {
                                        in.row_stride, qkv + q_width, qkv + q_width + h.width(),
                                        in.row_stride, d.inv_freq.get(),
                                        1.0f / std::sqrt(static_cast<float>(s.head_dim)),
-                                       workspace.get(), d_out.get(), nullptr, Blas()));
+                                       workspace.get(), d_out.get(), nullptr));
     const std::vector<uint8_t> ws = ToHost(workspace);
     auto read_floats = [&](size_t offset, size_t n) {
       std::vector<float> v(n);

@@ -521,10 +521,6 @@ class CudaBackendImpl : public CudaBackend {
       basis_ = std::move(*d_basis);
       SALS_CUDA_RETURN_IF_ERROR(cudaMemcpy(basis_.get(), host.data(),
                                            host.size() * sizeof(uint16_t), cudaMemcpyHostToDevice));
-      auto blas = cuda::CublasHandle::Create();
-      if (!blas.ok()) return blas.status();
-      sals_blas_ = std::move(*blas);
-      SALS_CUBLAS_RETURN_IF_ERROR(cublasSetStream(sals_blas_.get(), stream_.get()));
     }
     uint8_t* base = kv_arena_.get();
     for (int l = 0; l < c.num_layers; ++l) {
@@ -683,11 +679,12 @@ class CudaBackendImpl : public CudaBackend {
                              s.max_middle,
                              s.max_topk,
                              s.score_stride,
-                             static_cast<int64_t>(s.rebuild),
-                             s.chunk_sequences,
-                             s.tile_tokens,
-                             s.max_tiles,
                              s.heads_per_block,
+                             s.warpgroups,
+                             s.buffers,
+                             s.stream_u,
+                             s.tiles_per_split,
+                             s.max_splits,
                              s.wgmma,
                              s.score_block_tokens,
                              s.topk_cluster,
@@ -744,7 +741,6 @@ class CudaBackendImpl : public CudaBackend {
     plan.max_middle = std::max(1, sel.middle());
     plan.max_topk = std::max(1, sel.topk);
     plan.score_stride = static_cast<int>(RoundUp(g->policy.score_dims, 8));
-    plan.rebuild = kn::SalsKeyRebuild::kFused;  // stage 4 does not run: no GEMM buffers
     plan.score_block_tokens = 64;
     plan.topk_cluster = kn::SalsTopKClusterFor(plan.max_middle);
     g->plan = plan;
@@ -1153,7 +1149,7 @@ class CudaBackendImpl : public CudaBackend {
       if (g.fast) {
         SALS_KERNELS_RETURN_IF_ERROR(kn::SalsDecodeAttention(
             dt, view, g.policy, g.plan, q_pre, q, row, q + qw, q + qw + kvw, row, inv_freq_.get(),
-            scale, sals_workspace_.get(), out, st, sals_blas_.get()));
+            scale, sals_workspace_.get(), out, st));
         continue;
       }
       const kn::SalsWorkspaceLayout ws = kn::SalsDecodeWorkspace(view, g.plan);
@@ -1260,9 +1256,6 @@ class CudaBackendImpl : public CudaBackend {
   kn::Stream stream_;
   DeviceBuffer<uint8_t> cublas_workspace_;  // outlives the handle that uses it
   cuda::CublasHandle cublas_;
-  // SalsDecodeAttention's own handle: it sets the handle's stream, which resets the handle's
-  // workspace to cuBLAS's default pool; cublas_ keeps its explicit workspace that way.
-  cuda::CublasHandle sals_blas_;
   kn::Event start_, stop_;
   bool timed_step_ = false;
 

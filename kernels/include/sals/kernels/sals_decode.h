@@ -3,14 +3,12 @@
 //   2. SalsLatentScores: score[m] = q~ . latent[:score_dims] of every middle token.
 //   3. SalsTopK: the topk largest scores (radix select; ties go to the smaller position, as
 //      sals::SelectTopK), as ascending positions.
-//   4. SalsSparseAttention: keys rebuilt as U[:, :rank] latent on tensor cores, RoPE at their
-//      positions, values dequantized, and exact softmax attention over sinks + selected + recent
-//      + the new token (exact tokens from the exact store), split over tiles of attended tokens
-//      and combined flash-decoding style. Two ways to rebuild (SalsKeyRebuild): kGemm gathers
-//      the selected latents of a chunk of sequences, rebuilds their keys with one cuBLAS GEMM
-//      into an fp16 buffer sized to stay in the L2, and a memory-bound kernel attends (RoPE and
-//      dequantization on the fly); kFused rebuilds inside the attention kernel (wgmma/mma.sync),
-//      without the buffer.
+//   4. SalsSparseAttention: one fused kernel per (sequence, group of KV heads, split of the
+//      attended rows): the selected latent rows and packed values are gathered into shared
+//      memory, keys rebuilt on tensor cores from the heads' slice of U held in shared memory,
+//      rotated in registers at each row's position, scored against the GQA group's queries and
+//      P V accumulated on tensor cores with one online-softmax rescale per 64-row tile; no rebuilt
+//      key or dequantized value reaches global memory. Splits are merged by their log-sum-exp.
 // SalsDecodeAttention runs all four. Semantics follow the CPU reference (cpu_backend.cc
 // AttendSals) with one difference: a context shorter than the sink window attends to its cached
 // tokens and the new token once each (the reference also reads the not yet written exact row of
@@ -23,7 +21,6 @@
 // (q, new k/v, out) f16 or bf16. Anything else is refused with InvalidArgument.
 #pragma once
 
-#include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
 #include <cstddef>
@@ -36,11 +33,6 @@
 
 namespace sals::kernels {
 
-enum class SalsKeyRebuild {
-  kGemm,   // cuBLAS GEMM into a workspace buffer, then attention (needs a cuBLAS handle)
-  kFused,  // inside the attention kernel
-};
-
 // Host metadata of a step: sizes that bound every sequence of the batch, and the attention's
 // tiling. Plan once per step (shapes only, no device data), then launch, also inside a CUDA graph.
 struct SalsDecodePlan {
@@ -50,28 +42,29 @@ struct SalsDecodePlan {
   int max_middle = 0;    // scores per sequence
   int max_topk = 0;      // selected positions per sequence
   int score_stride = 0;  // q~ row: score_dims rounded up to 8
-  SalsKeyRebuild rebuild = SalsKeyRebuild::kGemm;
-  int chunk_sequences = 1;  // kGemm: sequences per gather + GEMM + attention round
-  int tile_tokens = 128;    // attended tokens per attention block (kFused: 64, 128; kGemm: 32, 64)
-  int max_tiles = 1;        // tiles of the longest attended list
-  int heads_per_block = 1;  // KV heads per attention block
-  bool wgmma = false;       // rebuild keys with wgmma (sm_90a build) instead of mma.sync
-  // Variants of the attention kernel's loads, off by default (measured no faster on the H200;
-  // see bench/README.md), kept for benchmarks: blocks visit their heads and k-tiles in shifted
-  // orders, spreading concurrent reads of U; latent k-tiles arrive with the first head's U
-  // stages instead of all before the first product.
-  bool spread_u_reads = false;
-  bool stream_latents = false;
   int score_block_tokens = 64;  // middle tokens per scoring block (the planner: 64 or 512)
   int topk_cluster = 1;         // blocks (a thread-block cluster) per sequence in the top-k
+  // The attention kernel: a block serves heads_per_block KV heads (1 or 2) of one sequence and
+  // tiles_per_split 64-row tiles of its attended rows, with `warpgroups` (1 or 2) warpgroups that
+  // take the tiles in turn, each with `buffers` (1 or 2) tile buffers (2: the next tile loads
+  // while this one computes). The heads' slice of U stays in shared memory for the whole block,
+  // unless stream_u: then (one head, one warpgroup, one buffer) its 64-dim k-tiles stream through
+  // a ring for every tile (ranks whose U does not fit). max_splits == 1 writes the output
+  // directly, else per-split partial outputs that a combine kernel merges.
+  int heads_per_block = 1;
+  int warpgroups = 1;
+  int buffers = 1;
+  bool stream_u = false;
+  int tiles_per_split = 1;
+  int max_splits = 1;  // splits of the longest attended list
+  bool wgmma = false;  // rebuild keys with wgmma (sm_90a build) instead of mma.sync
 };
 
-// Plans a step of `batch` sequences of at most max_cached cached tokens. kFused uses wgmma when
-// the kernels were built for sm_90a and `allow_wgmma`.
+// Plans a step of `batch` sequences of at most max_cached cached tokens. The rebuild uses wgmma
+// when the kernels were built for sm_90a and `allow_wgmma`.
 absl::StatusOr<SalsDecodePlan> PlanSalsDecode(const SalsKvCache& cache,
                                               const SalsSelectionPolicy& policy, int batch,
                                               int num_heads, int max_cached,
-                                              SalsKeyRebuild rebuild = SalsKeyRebuild::kGemm,
                                               bool allow_wgmma = true);
 
 // Whether the wgmma path was compiled (kernels built for sm_90a).
@@ -84,10 +77,8 @@ struct SalsWorkspaceLayout {
   size_t q_latent = 0;     // f32 [batch x score_stride]
   size_t scores = 0;       // f32 [batch x max_middle]; entry m scores position sink_end + m
   size_t selected = 0;     // int32 [batch x max_topk], ascending positions, topk valid per sequence
-  size_t partial_o = 0;    // f32 [batch x max_tiles x num_heads x head_dim]
-  size_t partial_lse = 0;  // f32 [batch x max_tiles x num_heads]
-  size_t gathered = 0;     // kGemm: f16 [chunk_sequences x max_topk x rank] selected latents
-  size_t rebuilt = 0;      // kGemm: f16 [chunk_sequences x max_topk x D] their keys, pre-RoPE
+  size_t partial_o = 0;    // f32 [batch x max_splits x num_heads x head_dim]
+  size_t partial_lse = 0;  // f32 [batch x max_splits x num_heads]
   size_t bytes = 0;
 };
 SalsWorkspaceLayout SalsDecodeWorkspace(const SalsKvCache& cache, const SalsDecodePlan& plan);
@@ -114,9 +105,7 @@ absl::Status SalsTopK(const SalsKvCache& cache, const SalsSelectionPolicy& polic
                       const SalsDecodePlan& plan, const float* scores, int32_t* selected,
                       cudaStream_t stream);
 
-// Stage 4 (kGemm plans need `blas`, whose stream this call sets to `stream` when it differs;
-// kFused ignores it).
-// q row b (post-RoPE, num_heads x head_dim) at q + b * q_row_stride; the new token's
+// Stage 4. q row b (post-RoPE, num_heads x head_dim) at q + b * q_row_stride; the new token's
 // post-RoPE key and value at k_new / v_new + b * kv_row_stride (D values each, not yet in the
 // store); inv_freq: head_dim / 2 floats on the device (RoPE angle = float(pos) * inv_freq[i] in
 // fp32, as ApplyRopeQk); selected: stage 3's layout. out: [batch x num_heads x head_dim].
@@ -125,7 +114,7 @@ absl::Status SalsSparseAttention(DType dtype, const SalsKvCache& cache,
                                  const void* q, int64_t q_row_stride, const void* k_new,
                                  const void* v_new, int64_t kv_row_stride, const float* inv_freq,
                                  float scale, const int32_t* selected, void* workspace, void* out,
-                                 cudaStream_t stream, cublasHandle_t blas = nullptr);
+                                 cudaStream_t stream);
 
 // The whole step: stages 1-4 on `stream` with the workspace laid out by SalsDecodeWorkspace.
 absl::Status SalsDecodeAttention(DType dtype, const SalsKvCache& cache,
@@ -133,6 +122,6 @@ absl::Status SalsDecodeAttention(DType dtype, const SalsKvCache& cache,
                                  const void* q_pre, const void* q, int64_t q_row_stride,
                                  const void* k_new, const void* v_new, int64_t kv_row_stride,
                                  const float* inv_freq, float scale, void* workspace, void* out,
-                                 cudaStream_t stream, cublasHandle_t blas = nullptr);
+                                 cudaStream_t stream);
 
 }  // namespace sals::kernels
