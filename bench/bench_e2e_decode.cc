@@ -1,6 +1,7 @@
 // End-to-end decode throughput of the CUDA backend, Llama-3.1-8B shape, random weights: batch 8 at
-// 4K and 32K context, batch 4 at 64K, against gpt-fast on the same H200 (GPU-MACHINE.md), for each
-// KV pool format asked for: dense fp16, SALS-25 and SALS-12.5 (the presets: rank D/4 with 4-bit
+// 4K and 32K context, batch 4 at 64K, batch 1 at 32K and 128K (one long chat), against gpt-fast's
+// method measured in the same device session by bench/gpt_fast_baseline.py (--gpt_fast its
+// JSON), for each KV pool format asked for: dense fp16, SALS-25 and SALS-12.5 (the presets: rank D/4 with 4-bit
 // values, rank D/8 with 2-bit values, layers 0, 1 and 31 dense, 16 sinks + 64 recent tokens,
 // the default policy: top 1/8 of the context scored on rank/2 dims), SALS with a random basis
 // (orthonormal columns, Gram-Schmidt on a seeded Gaussian matrix; one basis for every layer).
@@ -13,13 +14,18 @@
 // scores, the selected tokens' latents and value codes, the exact rows), each against the
 // 4.3 TB/s copy rate.
 // Usage: bench_e2e_decode [--json PATH] [--dtype f16|bf16] [--no_graphs] [--steps N]
-//                         [--kv dense,sals-25,sals-12.5]
+//                         [--kv dense,sals-25,sals-12.5] [--gpt_fast PATH] [--gpu NAME]
+//                         [--shapes 8x4096,8x32768,...]
+// The JSON's "results" hold one flat record per row: kind "e2e", gpu, kv (dense, sals-25,
+// sals-12.5 or gpt-fast), batch, context, tok_s, and for our rows the step's details.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <map>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -36,6 +42,7 @@
 #include "engine/model/weight_source.h"
 #include "engine/sals/basis.h"
 #include "engine/sals/policy.h"
+#include "nlohmann/json.hpp"
 
 namespace sals {
 namespace {
@@ -48,8 +55,25 @@ constexpr int kShortContext = 128;  // attention negligible: the step streams th
 struct Shape {
   int batch;
   int context;
-  double gpt_fast_tok_s;  // 0: no reference
+  double gpt_fast_tok_s = 0;  // 0: no reference
 };
+
+// gpt_fast_baseline.py's tokens/s by (batch, context).
+std::map<std::pair<int, int>, double> ReadGptFast(const char* path) {
+  std::map<std::pair<int, int>, double> out;
+  if (path == nullptr) return out;
+  std::ifstream in(path);
+  const nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+  if (j.is_discarded() || !j.contains("results")) {
+    std::fprintf(stderr, "%s: not gpt_fast_baseline.py results; gpt-fast column left empty\n",
+                 path);
+    return out;
+  }
+  for (const auto& r : j["results"]) {
+    out[{r["batch"].get<int>(), r["context"].get<int>()}] = r["tok_s"].get<double>();
+  }
+  return out;
+}
 
 struct Result {
   std::string kv;  // pool format
@@ -179,6 +203,9 @@ int Main(int argc, char** argv) {
   options.time_steps = true;
   int steps = 30;
   std::vector<std::string> kv_formats = {"dense"};
+  const char* gpt_fast_path = nullptr;
+  std::string gpu_name = "unknown";
+  std::vector<Shape> shapes = {{8, 4096}, {8, 32768}, {4, 65536}, {1, 32768}, {1, 131072}};
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--json") == 0 && i + 1 < argc) {
       json_path = argv[++i];
@@ -195,18 +222,46 @@ int Main(int argc, char** argv) {
       steps = std::max(20, std::atoi(argv[++i]));
     } else if (std::strcmp(argv[i], "--kv") == 0 && i + 1 < argc) {
       kv_formats = absl::StrSplit(argv[++i], ',', absl::SkipEmpty());
+    } else if (std::strcmp(argv[i], "--gpt_fast") == 0 && i + 1 < argc) {
+      gpt_fast_path = argv[++i];
+    } else if (std::strcmp(argv[i], "--gpu") == 0 && i + 1 < argc) {
+      gpu_name = argv[++i];
+    } else if (std::strcmp(argv[i], "--shapes") == 0 && i + 1 < argc) {
+      shapes.clear();
+      for (absl::string_view item : absl::StrSplit(argv[++i], ',', absl::SkipEmpty())) {
+        const std::vector<std::string> parts = absl::StrSplit(item, 'x');
+        const int batch = parts.size() == 2 ? std::atoi(parts[0].c_str()) : 0;
+        const int context = parts.size() == 2 ? std::atoi(parts[1].c_str()) : 0;
+        if (batch <= 0 || context <= kShortContext) {
+          std::fprintf(stderr, "--shapes: BATCHxCONTEXT items, context above %d\n", kShortContext);
+          return 2;
+        }
+        shapes.push_back({batch, context});
+      }
     } else {
       std::fprintf(stderr,
                    "usage: %s [--json PATH] [--dtype f16|bf16] [--no_graphs] [--steps N] "
-                   "[--kv dense,sals-25,sals-12.5]\n",
+                   "[--kv dense,sals-25,sals-12.5] [--gpt_fast PATH] [--gpu NAME] "
+                   "[--shapes 8x4096,...]\n",
                    argv[0]);
       return 2;
     }
   }
   const ModelConfig config = Check(SyntheticModelConfig("llama-3.1-8b"));
-  const std::vector<Shape> shapes = {{8, 4096, 525.0}, {8, 32768, 98.4}, {4, 65536, 45.5}};
+  const auto gpt_fast = ReadGptFast(gpt_fast_path);
+  for (Shape& s : shapes) {
+    if (auto it = gpt_fast.find({s.batch, s.context}); it != gpt_fast.end()) {
+      s.gpt_fast_tok_s = it->second;
+    }
+  }
   // Per batch size, a short-context run: the weight-streaming time.
-  const std::vector<Shape> short_shapes = {{8, kShortContext, 0.0}, {4, kShortContext, 0.0}};
+  std::vector<Shape> short_shapes;
+  for (const Shape& s : shapes) {
+    if (std::none_of(short_shapes.begin(), short_shapes.end(),
+                     [&](const Shape& x) { return x.batch == s.batch; })) {
+      short_shapes.push_back({s.batch, kShortContext});
+    }
+  }
   int num_blocks = 0;
   for (const Shape& s : shapes) {
     num_blocks = std::max(num_blocks,
@@ -294,28 +349,36 @@ int Main(int argc, char** argv) {
       "one)\n");
 
   if (json_path != nullptr) {
-    FILE* f = std::fopen(json_path, "w");
-    if (f == nullptr) {
-      std::perror(json_path);
-      return 1;
+    nlohmann::json j;
+    j["model"] = "llama-3.1-8b";
+    j["dtype"] = options.dtype == DType::kF16 ? "f16" : "bf16";
+    j["cuda_graphs"] = options.cuda_graphs;
+    j["peak_gbps"] = kPeakGBps;
+    j["block_size"] = kBlockSize;
+    j["steps"] = steps;
+    j["results"] = nlohmann::json::array();
+    for (const Result& r : all) {
+      j["results"].push_back({{"kind", "e2e"},
+                              {"gpu", gpu_name},
+                              {"kv", r.kv},
+                              {"batch", r.shape.batch},
+                              {"context", r.shape.context},
+                              {"tok_s", r.shape.batch / (r.device_ms * 1e-3)},
+                              {"tok_s_wall", r.shape.batch / (r.wall_ms * 1e-3)},
+                              {"device_ms", r.device_ms},
+                              {"wall_ms", r.wall_ms},
+                              {"weight_gb", r.weight_gb},
+                              {"kv_gb", r.kv_gb}});
     }
-    std::fprintf(f,
-                 "{\"model\": \"llama-3.1-8b\", \"dtype\": \"%s\", \"cuda_graphs\": %s, "
-                 "\"peak_gbps\": %.0f, \"block_size\": %d, \"steps\": %d, \"results\": [\n",
-                 options.dtype == DType::kF16 ? "f16" : "bf16",
-                 options.cuda_graphs ? "true" : "false", kPeakGBps, kBlockSize, steps);
-    for (size_t i = 0; i < all.size(); ++i) {
-      const Result& r = all[i];
-      std::fprintf(f,
-                   "  {\"kv\": \"%s\", \"batch\": %d, \"context\": %d, \"device_ms\": %.3f, "
-                   "\"wall_ms\": %.3f, \"tok_s\": %.2f, \"tok_s_wall\": %.2f, "
-                   "\"weight_gb\": %.3f, \"kv_gb\": %.3f, \"gpt_fast_tok_s\": %.1f}%s\n",
-                   r.kv.c_str(), r.shape.batch, r.shape.context, r.device_ms, r.wall_ms,
-                   r.shape.batch / (r.device_ms * 1e-3), r.shape.batch / (r.wall_ms * 1e-3),
-                   r.weight_gb, r.kv_gb, r.shape.gpt_fast_tok_s, i + 1 < all.size() ? "," : "");
+    for (const auto& [shape, tok_s] : gpt_fast) {
+      j["results"].push_back({{"kind", "e2e"},
+                              {"gpu", gpu_name},
+                              {"kv", "gpt-fast"},
+                              {"batch", shape.first},
+                              {"context", shape.second},
+                              {"tok_s", tok_s}});
     }
-    std::fprintf(f, "]}\n");
-    std::fclose(f);
+    std::ofstream(json_path) << j.dump(2) << "\n";
   }
   return 0;
 }

@@ -23,6 +23,7 @@
 // cores; each latent row (256 B) is read once per block of heads from the L2, values once.
 
 #include <algorithm>
+#include <bit>
 #include <limits>
 
 #include "absl/strings/str_cat.h"
@@ -40,12 +41,14 @@ using internal::LastLaunchStatus;
 using internal::LdMatrixX4;
 using internal::MmaF16;
 
-constexpr int kTileRows = 64;     // attended rows per warpgroup tile (wgmma's m64)
-constexpr int kWarpRows = 16;     // rows of a tile per warp
-constexpr int kWgThreads = 128;   // a warpgroup
-constexpr int kKTile = 64;        // latent dims per 128-byte swizzled row
-constexpr int kQueryPad = 8;      // the GQA group padded to the score mma's n8
-constexpr int kUStreamSlots = 4;  // stream_u: U k-tiles in flight
+constexpr int kTileRows = 64;      // attended rows per warpgroup tile (wgmma's m64)
+constexpr int kWarpRows = 16;      // rows of a tile per warp
+constexpr int kWgThreads = 128;    // a warpgroup
+constexpr int kMaxWarpgroups = 2;  // per block: the registers of a thread (one head or two)
+constexpr int kKTile = 64;         // latent dims per 128-byte swizzled row
+constexpr int kQueryPad = 8;       // the GQA group padded to the score mma's n8
+constexpr int kQueryRowPad = 8;    // halves after each query row: fragment loads hit 32 banks
+constexpr int kUStreamSlots = 4;   // stream_u: U k-tiles in flight
 constexpr int kMaxRank = 1024;
 constexpr int kQueryChunkRows = 64;  // SalsLatentQuery's rows of U per block (sals_select.cu)
 constexpr int kCombineThreads = 128;
@@ -227,9 +230,14 @@ __device__ __forceinline__ uint32_t Transpose8x8(uint32_t x) {
   return y;
 }
 
-__device__ __forceinline__ uint32_t PackBF162(float lo, float hi) {
+// (lo, hi) as a bf16 pair plus the pair of what that rounding left over: hi + lo parts carry 16
+// significant bits, as much as the f16 path's keys.
+__device__ __forceinline__ void SplitBF162(float lo, float hi, uint32_t* big, uint32_t* rest) {
   const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&h);
+  const float2 back = __bfloat1622float2(h);
+  const __nv_bfloat162 r = __floats2bfloat162_rn(lo - back.x, hi - back.y);
+  *big = *reinterpret_cast<const uint32_t*>(&h);
+  *rest = *reinterpret_cast<const uint32_t*>(&r);
 }
 
 __device__ __forceinline__ uint32_t HalfBits2(__half2 h) {
@@ -244,9 +252,9 @@ __device__ __forceinline__ __half2 BitsHalf2(uint32_t x) {
 // hardware approximations on [-pi, pi] (absolute error ~1e-6, far below fp16 keys' rounding).
 __device__ __forceinline__ void RopeSinCos(float angle, float* s, float* c) {
   constexpr float kInv2Pi = 0.15915494309189535f;
-  constexpr float k2PiHi = 6.28318548202514648f;   // float(2 pi)
-  constexpr float k2PiMid = -1.7484555e-07f;       // 2 pi - k2PiHi, rounded
-  constexpr float k2PiLo = -6.0771006e-15f;        // the rest
+  constexpr float k2PiHi = 6.28318548202514648f;  // float(2 pi)
+  constexpr float k2PiMid = -1.7484555e-07f;      // 2 pi - k2PiHi, rounded
+  constexpr float k2PiLo = -6.0771006e-15f;       // the rest
   const float k = rintf(angle * kInv2Pi);
   float r = fmaf(-k, k2PiHi, angle);
   r = fmaf(-k, k2PiMid, r);
@@ -256,15 +264,15 @@ __device__ __forceinline__ void RopeSinCos(float angle, float* s, float* c) {
 
 // Shared-memory layout of the attention kernel, in bytes from a 1024-aligned base.
 struct SmemLayout {
-  int u = 0;        // U: heads x rank_tiles k-tiles (stream_u: kUStreamSlots) of [head_dim x 128 B]
-  int tiles = 0;    // per warpgroup and buffer: latent tile, value rows, row metadata
-  int buffer = 0;   // bytes of one buffer (1024-aligned)
-  int a = 0;        // within a buffer: rank_tiles x [64 rows x 128 B], swizzled
-  int vals = 0;     // within a buffer: [64 rows x heads x v_row_bytes]
-  int meta = 0;     // within a buffer: src int64[64], pos int32[64], kind int32[64]
-  int vs = 0;       // per warp: its 16 rows of one head's values, f16 [16 x v_stride]
+  int u = 0;       // U: heads x rank_tiles k-tiles (stream_u: kUStreamSlots) of [head_dim x 128 B]
+  int tiles = 0;   // per warpgroup and buffer: latent tile, value rows, row metadata
+  int buffer = 0;  // bytes of one buffer (1024-aligned)
+  int a = 0;       // within a buffer: rank_tiles x [64 rows x 128 B], swizzled
+  int vals = 0;    // within a buffer: [64 rows x heads x v_row_bytes]
+  int meta = 0;    // within a buffer: src int64[64], pos int32[64], kind int32[64]
+  int vs = 0;      // per warp: its 16 rows of one head's values, f16 [16 x v_stride]
   int v_stride = 0;
-  int q = 0;        // the block's queries, raw 16-bit: [heads x kQueryPad x head_dim], zero padded
+  int q = 0;  // the block's queries, raw 16-bit: [heads x kQueryPad x (head_dim + kQueryRowPad)]
   int bytes = 0;
 };
 
@@ -286,7 +294,7 @@ inline SmemLayout MakeSmemLayout(int head_dim, int rank, int heads, int warpgrou
   l.vs = AlignUp(off, 16);
   off = l.vs + warpgroups * 4 * kWarpRows * l.v_stride;
   l.q = AlignUp(off, 16);
-  off = l.q + heads * kQueryPad * head_dim * 2;
+  off = l.q + heads * kQueryPad * (head_dim + kQueryRowPad) * 2;
   // The final merge reuses the space from 0: per warp and head, (max, sum) and O per query.
   const int merge = warpgroups * 4 * heads * group * (head_dim + 2) * 4;
   l.bytes = std::max(off, merge) + 1024;  // room to align the dynamic base
@@ -318,6 +326,7 @@ struct AttentionParams {
   int v_code_bytes;  // one head's value codes per token
   int v_pairs;       // one head's (scale, zero) pairs per token; 0 for 16-bit values
   int v_row_bytes;
+  int v_group_shift;  // log2(value_group_size) where v_pairs > 1
   bool bf16;
   SmemLayout smem;
 };
@@ -363,10 +372,10 @@ __device__ __forceinline__ void Dequant2Bit(uint32_t w, __half2 s, __half2 z, ui
 }
 
 template <int kHeadDim, int kGroup, int kHeads, bool kWgmma>
-__global__ void __launch_bounds__(2 * kWgThreads, 1)
+__global__ void __launch_bounds__(kMaxWarpgroups* kWgThreads, 1)
     SparseAttentionKernel(const __grid_constant__ AttentionParams p) {
-  constexpr int kBlocks = kHeadDim / 8;  // n8 blocks of a key row in the accumulators
-  constexpr int kHalf = kBlocks / 2;     // RoPE pairs block j with block j + kHalf
+  constexpr int kBlocks = kHeadDim / 8;   // n8 blocks of a key row in the accumulators
+  constexpr int kHalf = kBlocks / 2;      // RoPE pairs block j with block j + kHalf
   constexpr int kKSteps = kHeadDim / 16;  // k16 steps of the score mma; m16 tiles of P V
   static_assert(kHeadDim == 64 || kHeadDim == 128, "head_dim 64 or 128");
   static_assert(kGroup <= kQueryPad, "GQA group above 8");
@@ -395,8 +404,8 @@ __global__ void __launch_bounds__(2 * kWgThreads, 1)
   const int num_wgs = blockDim.x / kWgThreads;
   const int wg = tid / kWgThreads;
   const int wtid = tid % kWgThreads;
-  const int warp = tid / 32;         // in the block
-  const int wwarp = wtid / 32;       // in the warpgroup
+  const int warp = tid / 32;    // in the block
+  const int wwarp = wtid / 32;  // in the warpgroup
   const int lane = tid % 32;
   const int quad = lane % 4;
   const int width = c.width();
@@ -418,19 +427,25 @@ __global__ void __launch_bounds__(2 * kWgThreads, 1)
       CpAsync16(dst + Swizzled(n, ch), u + n * c.basis_stride + (valid ? col : 0), valid);
     }
   };
-  // Tile k of this warpgroup: rows, latents and values into buffer k % buffers. Two threads a
-  // row; both resolve it, the first writes the row's metadata.
-  auto issue_tile = [&](int k) {
+  // Row wtid / 2 of this warpgroup's tile k (two threads a row): resolved an iteration before
+  // its loads are issued, so that the selection and block-table reads are in flight meanwhile.
+  auto resolve_row = [&](int k) {
+    const int tile = t_begin + wg + k * num_wgs;
+    const int e = tile * kTileRows + wtid / 2;
+    internal::SalsRow row;
+    if (tile < t_end && e < attended) {
+      row =
+          internal::ResolveSalsRow(c, sel, b, cached, e, n_sink, n_recent, p.selected, p.max_topk);
+    }
+    return row;
+  };
+  // Tile k's row metadata, latents and values into buffer k % buffers; the first thread of a
+  // row writes its metadata.
+  auto issue_tile = [&](int k, const internal::SalsRow& row) {
     const int tile = t_begin + wg + k * num_wgs;
     if (tile >= t_end) return;
-    const int r = wtid % kTileRows;
-    const int half = wtid / kTileRows;
-    const int e = tile * kTileRows + r;
-    internal::SalsRow row;
-    if (e < attended) {
-      row = internal::ResolveSalsRow(c, sel, b, cached, e, n_sink, n_recent, p.selected,
-                                     p.max_topk);
-    }
+    const int r = wtid / 2;  // the lanes of a pair read the two halves of 32-byte sectors
+    const int half = wtid % 2;
     const int off = buffer_offset(k);
     if (half == 0) {
       uint8_t* meta = smem + off + lay.meta;
@@ -475,22 +490,32 @@ __global__ void __launch_bounds__(2 * kWgThreads, 1)
     const int h = idx / (kQueryPad * kHeadDim);
     const int g = idx / kHeadDim % kQueryPad;
     const int d = idx % kHeadDim;
-    q_s[idx] = g < kGroup ? p.q[b * p.q_row_stride +
-                                ((static_cast<int64_t>(kv_head0) + h) * kGroup + g) * kHeadDim + d]
-                          : 0;
+    q_s[(h * kQueryPad + g) * (kHeadDim + kQueryRowPad) + d] =
+        g < kGroup ? p.q[b * p.q_row_stride +
+                         ((static_cast<int64_t>(kv_head0) + h) * kGroup + g) * kHeadDim + d]
+                   : 0;
   }
   if (!p.stream_u) {
     for (int h = 0; h < kHeads; ++h) {
       for (int kt = 0; kt < rank_tiles; ++kt) issue_u(h, kt, h * rank_tiles + kt, tid, blockDim.x);
     }
   }
-  issue_tile(0);
+  issue_tile(0, resolve_row(0));
   CpAsyncCommit();
-  if (buffers == 2) issue_tile(1);
+  if (buffers == 2) issue_tile(1, resolve_row(1));
   CpAsyncCommit();
+  internal::SalsRow next_row = resolve_row(buffers);  // the next tile to issue
   CpAsyncWait<1>();  // U and the first tile (with one buffer the second group is empty)
   FenceProxyAsync();
   __syncthreads();
+
+  // This thread's RoPE frequencies: dims 8j + 2 quad + e, j < kHalf.
+  float inv_freq[kHalf][2];
+#pragma unroll
+  for (int j = 0; j < kHalf; ++j) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) inv_freq[j][e] = __ldg(p.inv_freq + 8 * j + 2 * quad + e);
+  }
 
   // ---- Per warp: online-softmax state of each head for the query pair (2 quad, 2 quad + 1).
   float m_run[kHeads][2];
@@ -542,21 +567,9 @@ __global__ void __launch_bounds__(2 * kWgThreads, 1)
       }
     }
 
-    // RoPE cos/sin of this thread's rows and dims 8j + 2 quad + {0, 1}, j < kHalf.
-    float cs[2][kHalf][2];
-    float sn[2][kHalf][2];
+    float row_pos_f[2];
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const float pos = static_cast<float>(row_pos[rows[i]]);
-#pragma unroll
-      for (int j = 0; j < kHalf; ++j) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          RopeSinCos(__fmul_rn(pos, __ldg(p.inv_freq + 8 * j + 2 * quad + e)), &sn[i][j][e],
-                     &cs[i][j][e]);
-        }
-      }
-    }
+    for (int i = 0; i < 2; ++i) row_pos_f[i] = static_cast<float>(row_pos[rows[i]]);
 
 #pragma unroll
     for (int h = 0; h < kHeads; ++h) {
@@ -596,8 +609,8 @@ __global__ void __launch_bounds__(2 * kWgThreads, 1)
             for (int kk = 0; kk < kKTile / 16; ++kk) {
               uint32_t af[4];
               const int ar = wwarp * kWarpRows + (lane & 7) + ((lane >> 3) & 1) * 8;
-              LdMatrixX4<false>(af, reinterpret_cast<const __half*>(
-                                        a_ptr + Swizzled(ar, 2 * kk + (lane >> 4))));
+              LdMatrixX4<false>(
+                  af, reinterpret_cast<const __half*>(a_ptr + Swizzled(ar, 2 * kk + (lane >> 4))));
 #pragma unroll
               for (int nb = 0; nb < kHeadDim / 16; ++nb) {
                 uint32_t bf[4];
@@ -643,8 +656,8 @@ __global__ void __launch_bounds__(2 * kWgThreads, 1)
             for (int kk = 0; kk < kKTile / 16; ++kk) {
               uint32_t af[4];
               const int ar = wwarp * kWarpRows + (lane & 7) + ((lane >> 3) & 1) * 8;
-              LdMatrixX4<false>(af, reinterpret_cast<const __half*>(
-                                        a_ptr + Swizzled(ar, 2 * kk + (lane >> 4))));
+              LdMatrixX4<false>(
+                  af, reinterpret_cast<const __half*>(a_ptr + Swizzled(ar, 2 * kk + (lane >> 4))));
 #pragma unroll
               for (int nb = 0; nb < kHeadDim / 16; ++nb) {
                 uint32_t bf[4];
@@ -672,12 +685,13 @@ __global__ void __launch_bounds__(2 * kWgThreads, 1)
           const uint8_t* vrow = smem + off + lay.vals + (tr * kHeads + h) * p.v_row_bytes;
           if (c.value_bits == 16) {
 #pragma unroll
-            for (int x = 0; x < kChunks; ++x) dst[x] = reinterpret_cast<const uint4*>(vrow + d0 * 2)[x];
+            for (int x = 0; x < kChunks; ++x)
+              dst[x] = reinterpret_cast<const uint4*>(vrow + d0 * 2)[x];
           } else {
             const __half2* pairs = reinterpret_cast<const __half2*>(vrow + p.v_code_bytes);
-            const int gs = c.value_group_size;
+            // Several groups per head only where the group size is a power of two below it.
             auto scale_zero = [&](int d) {
-              return p.v_pairs > 1 ? pairs[d / gs] : pairs[0];
+              return p.v_pairs > 1 ? pairs[d >> p.v_group_shift] : pairs[0];
             };
             if (c.value_bits == 4) {
 #pragma unroll
@@ -688,13 +702,30 @@ __global__ void __launch_bounds__(2 * kWgThreads, 1)
                 dst[x] = Dequant4Bit(w, __low2half2(sz), __high2half2(sz));
               }
             } else {
+              // The half row's codes in one load: 16 dims a word.
+              uint32_t words[kHeadDim / 32];
+              if constexpr (kHeadDim == 128) {
+                const uint4 w4 = *reinterpret_cast<const uint4*>(vrow + d0 / 4);
+                words[0] = w4.x;
+                words[1] = w4.y;
+                words[2] = w4.z;
+                words[3] = w4.w;
+              } else {
+                const uint2 w2 = *reinterpret_cast<const uint2*>(vrow + d0 / 4);
+                words[0] = w2.x;
+                words[1] = w2.y;
+              }
+              const bool one_pair = p.v_pairs == 1 || p.v_group_shift >= 4;  // d, d + 8 alike
 #pragma unroll
               for (int x = 0; x < kChunks; x += 2) {
                 const int d = d0 + 8 * x;
                 const __half2 lo = scale_zero(d);
-                const __half2 hi = scale_zero(d + 8);
-                const uint32_t w = *reinterpret_cast<const uint32_t*>(vrow + d / 4);
-                Dequant2Bit(w, __lows2half2(lo, hi), __highs2half2(lo, hi), &dst[x], &dst[x + 1]);
+                const __half2 hi = one_pair ? lo : scale_zero(d + 8);
+                const uint32_t w = words[x / 2];
+                uint4 first, second;  // whole 16-byte stores
+                Dequant2Bit(w, __lows2half2(lo, hi), __highs2half2(lo, hi), &first, &second);
+                dst[x] = first;
+                dst[x + 1] = second;
               }
             }
           }
@@ -734,15 +765,17 @@ __global__ void __launch_bounds__(2 * kWgThreads, 1)
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
         const int r = rows[i];
-        if (kinds[i] == kLatent) {
+        if (kinds[i] == kLatent) {  // dims 8j + 2 quad + e and + head_dim / 2, j < kHalf
 #pragma unroll
           for (int j = 0; j < kHalf; ++j) {
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
+              float sn, cs;
+              RopeSinCos(__fmul_rn(row_pos_f[i], inv_freq[j][e]), &sn, &cs);
               const float x1 = acc[j][2 * i + e];
               const float x2 = acc[j + kHalf][2 * i + e];
-              acc[j][2 * i + e] = x1 * cs[i][j][e] - x2 * sn[i][j][e];
-              acc[j + kHalf][2 * i + e] = x2 * cs[i][j][e] + x1 * sn[i][j][e];
+              acc[j][2 * i + e] = x1 * cs - x2 * sn;
+              acc[j + kHalf][2 * i + e] = x2 * cs + x1 * sn;
             }
           }
         } else if (kinds[i] == kExact) {
@@ -769,27 +802,33 @@ __global__ void __launch_bounds__(2 * kWgThreads, 1)
 
       // Scores S^T = K Q^T: rows of the warp x the padded group, in log2 units.
       float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-      const uint32_t* qh =
-          reinterpret_cast<const uint32_t*>(q_s + (h * kQueryPad + lane / 4) * kHeadDim) + quad;
+      float s_odd[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // a second chain: half the mma latency
+      const uint32_t* qh = reinterpret_cast<const uint32_t*>(q_s + (h * kQueryPad + lane / 4) *
+                                                                       (kHeadDim + kQueryRowPad)) +
+                           quad;
 #pragma unroll
       for (int kk = 0; kk < kKSteps; ++kk) {
         const uint32_t b0 = qh[8 * kk];
         const uint32_t b1 = qh[8 * kk + 4];
         uint32_t a[4];
-        if (p.bf16) {
-          a[0] = PackBF162(acc[2 * kk][0], acc[2 * kk][1]);
-          a[1] = PackBF162(acc[2 * kk][2], acc[2 * kk][3]);
-          a[2] = PackBF162(acc[2 * kk + 1][0], acc[2 * kk + 1][1]);
-          a[3] = PackBF162(acc[2 * kk + 1][2], acc[2 * kk + 1][3]);
-          MmaBF16(s, a, b0, b1);
+        if (p.bf16) {  // bf16 queries: keys in two bf16 parts (8 bits alone lose too much)
+          uint32_t r[4];
+          SplitBF162(acc[2 * kk][0], acc[2 * kk][1], &a[0], &r[0]);
+          SplitBF162(acc[2 * kk][2], acc[2 * kk][3], &a[1], &r[1]);
+          SplitBF162(acc[2 * kk + 1][0], acc[2 * kk + 1][1], &a[2], &r[2]);
+          SplitBF162(acc[2 * kk + 1][2], acc[2 * kk + 1][3], &a[3], &r[3]);
+          MmaBF16(kk % 2 == 0 ? s : s_odd, a, b0, b1);
+          MmaBF16(kk % 2 == 0 ? s_odd : s, r, b0, b1);
         } else {
           a[0] = internal::PackHalf2(acc[2 * kk][0], acc[2 * kk][1]);
           a[1] = internal::PackHalf2(acc[2 * kk][2], acc[2 * kk][3]);
           a[2] = internal::PackHalf2(acc[2 * kk + 1][0], acc[2 * kk + 1][1]);
           a[3] = internal::PackHalf2(acc[2 * kk + 1][2], acc[2 * kk + 1][3]);
-          MmaF16(s, a, b0, b1);
+          MmaF16(kk % 2 == 0 ? s : s_odd, a, b0, b1);
         }
       }
+#pragma unroll
+      for (int x = 0; x < 4; ++x) s[x] += s_odd[x];
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
 #pragma unroll
@@ -829,16 +868,17 @@ __global__ void __launch_bounds__(2 * kWgThreads, 1)
 #pragma unroll
       for (int i = 0; i < kKSteps; ++i) {
         uint32_t a[4];
-        LdMatrixX4<true>(a, reinterpret_cast<const __half*>(
-                                vs + vrow * lay.v_stride + (16 * i + vcol) * 2));
+        LdMatrixX4<true>(
+            a, reinterpret_cast<const __half*>(vs + vrow * lay.v_stride + (16 * i + vcol) * 2));
         MmaF16(o_acc[h][i], a, pb0, pb1);
       }
       __syncwarp();  // before the next head's values overwrite the tile
     }
 
     WarpgroupSync(wg);  // the buffer is free for the warpgroup's next-but-one tile
-    issue_tile(k + buffers);
+    issue_tile(k + buffers, next_row);
     CpAsyncCommit();
+    next_row = resolve_row(k + buffers + 1);
   }
 
   // ---- Merge the warps' states per (head, query) and write this split's result.
@@ -846,7 +886,7 @@ __global__ void __launch_bounds__(2 * kWgThreads, 1)
   __syncthreads();
   const int group = kGroup;
   const int num_warps = num_wgs * 4;
-  float* merge_ml = reinterpret_cast<float*>(smem);  // [warp][head][g][2]
+  float* merge_ml = reinterpret_cast<float*>(smem);            // [warp][head][g][2]
   float* merge_o = merge_ml + num_warps * kHeads * group * 2;  // [warp][head][g][head_dim]
 #pragma unroll
   for (int h = 0; h < kHeads; ++h) {
@@ -896,8 +936,7 @@ __global__ void __launch_bounds__(2 * kWgThreads, 1)
         p.out[at] = __half_as_ushort(__float2half_rn(o));
       }
     } else {
-      const int64_t part =
-          (static_cast<int64_t>(b) * p.max_splits + split) * p.num_heads + head;
+      const int64_t part = (static_cast<int64_t>(b) * p.max_splits + split) * p.num_heads + head;
       p.partial_o[part * kHeadDim + d] = o;
       if (d == 0) p.partial_lse[part] = empty ? -INFINITY : mx + log2f(sum);
     }
@@ -1048,10 +1087,14 @@ absl::StatusOr<SalsDecodePlan> PlanSalsDecode(const SalsKvCache& cache,
   plan.score_block_tokens =
       static_cast<int64_t>(batch) * plan.max_middle >= kLargeScoreWork ? 512 : 64;
   plan.topk_cluster = SalsTopKClusterFor(plan.max_middle);
+  // A sequence's top-k minus its middle never grows with its length (one more token adds at most
+  // one to the top-k and exactly one to the middle): if the longest keeps its whole middle, all do.
+  plan.attend_all = sel.topk >= sel.middle();
 
-  // The first layout that fits, in order of preference: two warpgroups (one loads or computes
-  // while the other does the other), two heads (each latent row read half as often), two
-  // buffers; else U streamed per tile.
+  // The first layout that fits, in order of preference: two heads (each latent row read half as
+  // often, cos/sin shared), two warpgroups (while one waits, the other computes), two buffers (a
+  // tile loads while the last one computes); else U streamed per tile. (Three warpgroups of one
+  // head spill registers at 168 a thread.)
   struct Shape {
     int heads, warpgroups, buffers;
     bool stream_u;
@@ -1071,16 +1114,15 @@ absl::StatusOr<SalsDecodePlan> PlanSalsDecode(const SalsKvCache& cache,
     }
   }
   if (!found) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("PlanSalsDecode: rank ", policy.rank, " with ", cache.value_bits,
-                     "-bit values needs more shared memory than the device's ", max_smem,
-                     " bytes"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "PlanSalsDecode: rank ", policy.rank, " with ", cache.value_bits,
+        "-bit values needs more shared memory than the device's ", max_smem, " bytes"));
   }
   // Splits: about one block per multiprocessor over the batch's (sequence, head group) pairs.
-  const int tiles = static_cast<int>(
-      std::max<int64_t>(1, CeilDiv(sel.attended(max_cached), kTileRows)));
-  const int64_t pairs =
-      std::max<int64_t>(1, static_cast<int64_t>(batch) * (cache.num_kv_heads / plan.heads_per_block));
+  const int tiles =
+      static_cast<int>(std::max<int64_t>(1, CeilDiv(sel.attended(max_cached), kTileRows)));
+  const int64_t pairs = std::max<int64_t>(
+      1, static_cast<int64_t>(batch) * (cache.num_kv_heads / plan.heads_per_block));
   const int splits = static_cast<int>(std::clamp<int64_t>(num_sms / pairs, 1, tiles));
   plan.tiles_per_split = static_cast<int>(CeilDiv(tiles, splits));
   plan.max_splits = static_cast<int>(CeilDiv(tiles, plan.tiles_per_split));
@@ -1122,17 +1164,16 @@ absl::Status SalsSparseAttention(DType dtype, const SalsKvCache& cache,
   }
   const SalsSelection longest = SalsPlanSelection(policy, std::max(0, plan.max_cached));
   const int64_t tiles = CeilDiv(longest.attended(plan.max_cached), kTileRows);
-  const bool shape_ok = (plan.heads_per_block == 1 || plan.heads_per_block == 2) &&
-                        cache.num_kv_heads % plan.heads_per_block == 0 &&
-                        (plan.warpgroups == 1 || plan.warpgroups == 2) &&
-                        (plan.buffers == 1 || plan.buffers == 2) &&
-                        (!plan.stream_u || (plan.heads_per_block == 1 && plan.warpgroups == 1 &&
-                                            plan.buffers == 1));
+  const bool shape_ok =
+      (plan.heads_per_block == 1 || plan.heads_per_block == 2) &&
+      cache.num_kv_heads % plan.heads_per_block == 0 && plan.warpgroups >= 1 &&
+      plan.warpgroups <= kMaxWarpgroups && (plan.buffers == 1 || plan.buffers == 2) &&
+      (!plan.stream_u || (plan.heads_per_block == 1 && plan.warpgroups == 1 && plan.buffers == 1));
   if (!shape_ok || plan.max_cached < 0 || plan.max_topk < longest.topk ||
       plan.tiles_per_split < 1 || plan.max_splits < 1 ||
       static_cast<int64_t>(plan.max_splits) * plan.tiles_per_split < tiles ||
-      (plan.wgmma && !SalsWgmmaAvailable()) || workspace == nullptr || selected == nullptr ||
-      inv_freq == nullptr) {
+      (plan.wgmma && !SalsWgmmaAvailable()) || workspace == nullptr ||
+      (selected == nullptr && !plan.attend_all) || inv_freq == nullptr) {
     return absl::InvalidArgumentError("SalsSparseAttention: bad plan or null pointer");
   }
   if (q_row_stride < static_cast<int64_t>(plan.num_heads) * cache.head_dim ||
@@ -1167,18 +1208,19 @@ absl::Status SalsSparseAttention(DType dtype, const SalsKvCache& cache,
   p.v_code_bytes = cache.head_dim * cache.value_bits / 8;
   p.v_pairs = cache.value_bits == 16 ? 0 : std::max(1, cache.head_dim / cache.value_group_size);
   p.v_row_bytes = ValueRowBytes(cache);
+  p.v_group_shift = std::countr_zero(static_cast<unsigned>(cache.value_group_size));
   p.bf16 = dtype == DType::kBF16;
   p.smem = LayoutFor(cache, policy, group, plan);
-  SALS_KERNELS_RETURN_IF_ERROR(DispatchSparse(
-      cache.head_dim, group, plan.heads_per_block, plan.wgmma,
-      [&]<int kHeadDim, int kGroup, int kHeads, bool kWgmma>() -> absl::Status {
-        auto kernel = SparseAttentionKernel<kHeadDim, kGroup, kHeads, kWgmma>;
-        SALS_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
-            kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, p.smem.bytes));
-        const dim3 grid(plan.max_splits, plan.batch, cache.num_kv_heads / kHeads);
-        kernel<<<grid, plan.warpgroups * kWgThreads, p.smem.bytes, stream>>>(p);
-        return LastLaunchStatus("SparseAttentionKernel");
-      }));
+  SALS_KERNELS_RETURN_IF_ERROR(
+      DispatchSparse(cache.head_dim, group, plan.heads_per_block, plan.wgmma,
+                     [&]<int kHeadDim, int kGroup, int kHeads, bool kWgmma>() -> absl::Status {
+                       auto kernel = SparseAttentionKernel<kHeadDim, kGroup, kHeads, kWgmma>;
+                       SALS_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
+                           kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, p.smem.bytes));
+                       const dim3 grid(plan.max_splits, plan.batch, cache.num_kv_heads / kHeads);
+                       kernel<<<grid, plan.warpgroups * kWgThreads, p.smem.bytes, stream>>>(p);
+                       return LastLaunchStatus("SparseAttentionKernel");
+                     }));
   if (plan.max_splits == 1) return absl::OkStatus();
   return internal::DispatchActivation(dtype, "SalsSparseAttention", [&]<typename T>(T) {
     CombineKernel<T><<<plan.batch * plan.num_heads, kCombineThreads, 0, stream>>>(
@@ -1196,6 +1238,10 @@ absl::Status SalsDecodeAttention(DType dtype, const SalsKvCache& cache,
                                  cudaStream_t stream) {
   if (workspace == nullptr) {
     return absl::InvalidArgumentError("SalsDecodeAttention: null workspace");
+  }
+  if (plan.attend_all) {
+    return SalsSparseAttention(dtype, cache, policy, plan, q, q_row_stride, k_new, v_new,
+                               kv_row_stride, inv_freq, scale, nullptr, workspace, out, stream);
   }
   const SalsWorkspaceLayout ws = SalsDecodeWorkspace(cache, plan);
   uint8_t* base = static_cast<uint8_t*>(workspace);

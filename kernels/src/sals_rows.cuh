@@ -19,7 +19,8 @@ struct SalsRow {
   int64_t src = 0;  // latent: flat token slot; exact: exact-store row; else 0
 };
 
-// Attended row e of sequence b: the selected tokens (selected[0, topk)), then the cached sinks,
+// Attended row e of sequence b: the selected tokens (selected[0, topk); null: the whole middle,
+// when the policy keeps every middle token), then the cached sinks,
 // the recent tokens and the new token. Tokens the exact store holds (before cache.sink_tokens,
 // or among the last cache.recent_tokens and from exact_valid_from on) are read exactly, the
 // others rebuilt from their latents, whichever range they are attended in.
@@ -28,8 +29,8 @@ __device__ __forceinline__ SalsRow ResolveSalsRow(const SalsKvCache& c, const Sa
                                                   int n_recent, const int32_t* selected,
                                                   int64_t max_topk) {
   SalsRow row;
-  if (e < sel.topk) {
-    row.pos = selected[b * max_topk + e];
+  if (e < sel.topk) {  // no selection (every middle token kept): the middle in order
+    row.pos = selected != nullptr ? selected[b * max_topk + e] : sel.sink_end + e;
   } else {
     const int f = e - sel.topk;
     row.pos = f < n_sink ? f : (f < n_sink + n_recent ? sel.recent_begin + f - n_sink : cached);

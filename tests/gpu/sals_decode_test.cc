@@ -738,6 +738,61 @@ TEST_P(SalsDecodeTest, WholeStepMatchesReference) {
   }
 }
 
+// Short contexts whose top-k covers the whole middle: the plan skips scoring and selection
+// (attend_all) and the step attends every cached token; the same step through the selection
+// stages gives the same output.
+TEST_P(SalsDecodeTest, ShortContextsAttendEverything) {
+  const Shape& s = GetParam();
+  auto rng = FreshRng();
+  const SalsSelectionPolicy policy = MakePolicy(s);
+  std::vector<int32_t> kv_lens;  // every 7th length that keeps its whole middle, and the longest
+  int longest = 0;
+  for (int cached = 0; cached < 400; ++cached) {
+    const SalsSelection sel = SalsPlanSelection(policy, cached);
+    if (sel.topk < sel.middle()) break;
+    longest = cached;
+    if (cached % 7 == 0) kv_lens.push_back(cached);
+  }
+  if (kv_lens.back() != longest) kv_lens.push_back(longest);
+  const int batch = static_cast<int>(kv_lens.size());
+  const int max_cached = kv_lens.back();
+  const HostSals h = MakeHostSals(rng, s, kv_lens);
+  const DeviceSals d(h);
+  const SalsKvCache cache = d.View(h);
+  const StepInputs in = MakeStepInputs(rng, s, batch);
+  auto d_qkv = ToDevice(in.qkv.bits);
+  auto d_q_pre = ToDevice(in.q_pre.bits);
+  std::vector<float> want;
+  for (int b = 0; b < batch; ++b) {
+    const SalsSelection sel = SalsPlanSelection(policy, kv_lens[b]);
+    std::vector<int> middle(sel.middle());
+    std::iota(middle.begin(), middle.end(), sel.sink_end);
+    const std::vector<float> o =
+        ReferenceAttention(h, in, b, AttendedPositions(sel, kv_lens[b], middle), s.rank);
+    want.insert(want.end(), o.begin(), o.end());
+  }
+  const SalsDecodePlan planned =
+      ValueOrDie(PlanSalsDecode(cache, policy, batch, in.num_heads, max_cached));
+  ASSERT_TRUE(planned.attend_all) << "max_cached " << max_cached;
+  SalsDecodePlan selecting = planned;
+  selecting.attend_all = false;
+  for (const SalsDecodePlan& plan : {planned, selecting}) {
+    SCOPED_TRACE(::testing::Message() << "attend_all=" << plan.attend_all);
+    auto workspace =
+        ValueOrDie(DeviceBuffer<uint8_t>::Allocate(SalsDecodeWorkspace(cache, plan).bytes));
+    auto d_out = PoisonedBuffer16(want.size());
+    const uint16_t* qkv = d_qkv.get();
+    const int q_width = in.num_heads * s.head_dim;
+    SALS_ASSERT_OK(SalsDecodeAttention(s.dtype, cache, policy, plan, d_q_pre.get(), qkv,
+                                       in.row_stride, qkv + q_width, qkv + q_width + h.width(),
+                                       in.row_stride, d.inv_freq.get(),
+                                       1.0f / std::sqrt(static_cast<float>(s.head_dim)),
+                                       workspace.get(), d_out.get(), nullptr));
+    const std::vector<float> got = DecodeAll(s.dtype, ToHost(d_out));
+    ExpectClose(got, want, 2e-4f, 2 * Eps(s.dtype), "short-context step");
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Shapes, SalsDecodeTest,
     ::testing::Values(

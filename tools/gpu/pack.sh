@@ -55,7 +55,7 @@ export LD_LIBRARY_PATH="$here/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_L
 exec "$@"
 RUN
 cp tools/gpu/verify.sh .carry/verify.sh
-cp bench/sdpa_reference.py .carry/sdpa_reference.py
+cp bench/sdpa_reference.py bench/gpt_fast_baseline.py .carry/
 chmod +x .carry/run.sh .carry/verify.sh
 echo "packed: $(ls .carry/bin | wc -l) binaries, $(ls .carry/lib | wc -l) libraries," \
   "$(du -sh .carry | cut -f1)"

@@ -7,8 +7,10 @@
 #   sals: the SALS kernel tests, memcheck over them, torch SDPA (FlashAttention-2, cuDNN) and
 #     bench_sals_attention in the same session (the ratios need both);
 #   sampling: the sampling kernel test, memcheck over it, bench_sampling;
-#   backend: cuda_backend_test, memcheck over a short part of it, bench_e2e_decode;
+#   backend: cuda_backend_test, memcheck over a short part of it, gpt_fast_baseline.py (gpt-fast's
+#     method in PyTorch) and bench_e2e_decode (dense and both SALS presets) in the same session;
 #   tests: every test binary, no sanitizer, no benchmark.
+# The benchmarks name the GPU in their JSON records (GPU=H100 or H200; from nvidia-smi if unset).
 set -uo pipefail
 out="${OUT:-out}"
 mode="${1:-all}"
@@ -22,6 +24,8 @@ benches=()
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv |
   tee "$out/device.txt"
+gpu="${GPU:-$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1 | grep -oE 'H[0-9]+' ||
+  echo unknown)}"
 
 run_test() {  # name
   timeout 120 "$run" "$bin/$1" --gtest_brief=1 >"$out/$1.log" 2>&1
@@ -84,7 +88,7 @@ if [ "$mode" = all ] || [ "$mode" = sals ]; then
   PYTHONUNBUFFERED=1 timeout 240 python3 "$carry/sdpa_reference.py" --json "$out/sdpa.json" \
     >"$out/sdpa.log" 2>&1
   summary+=("sdpa_reference: rc=$?")
-  bench bench_sals_attention 300 --sdpa "$out/sdpa.json"
+  bench bench_sals_attention 300 --sdpa "$out/sdpa.json" --gpu "$gpu"
 fi
 
 if [ "$mode" = all ] || [ "$mode" = sampling ]; then
@@ -98,7 +102,11 @@ if [ "$mode" = all ] || [ "$mode" = backend ]; then
   # Prefill batch, padded decode graphs, rejected batches: the backend's launches and copies.
   memcheck cuda_backend_test 120 \
     --gtest_filter='*FreeGreedy*mistral_gqa_F16*:*RejectsBadBatches*'
-  bench bench_e2e_decode 150
+  PYTHONUNBUFFERED=1 timeout 360 python3 "$carry/gpt_fast_baseline.py" --json "$out/gpt_fast.json" \
+    --gpu "$gpu" >"$out/gpt_fast.log" 2>&1
+  summary+=("gpt_fast_baseline: rc=$?")
+  bench bench_e2e_decode 300 --kv dense,sals-25,sals-12.5 --gpt_fast "$out/gpt_fast.json" \
+    --gpu "$gpu"
 fi
 
 for b in "${benches[@]}"; do

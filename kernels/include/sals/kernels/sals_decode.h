@@ -58,6 +58,9 @@ struct SalsDecodePlan {
   int tiles_per_split = 1;
   int max_splits = 1;  // splits of the longest attended list
   bool wgmma = false;  // rebuild keys with wgmma (sm_90a build) instead of mma.sync
+  // The policy keeps every middle token of every sequence (short contexts: the top-k covers the
+  // middle; select_all): SalsDecodeAttention skips stages 1-3 and attends the whole context.
+  bool attend_all = false;
 };
 
 // Plans a step of `batch` sequences of at most max_cached cached tokens. The rebuild uses wgmma
@@ -108,7 +111,8 @@ absl::Status SalsTopK(const SalsKvCache& cache, const SalsSelectionPolicy& polic
 // Stage 4. q row b (post-RoPE, num_heads x head_dim) at q + b * q_row_stride; the new token's
 // post-RoPE key and value at k_new / v_new + b * kv_row_stride (D values each, not yet in the
 // store); inv_freq: head_dim / 2 floats on the device (RoPE angle = float(pos) * inv_freq[i] in
-// fp32, as ApplyRopeQk); selected: stage 3's layout. out: [batch x num_heads x head_dim].
+// fp32, as ApplyRopeQk); selected: stage 3's layout (null with an attend_all plan: the whole
+// middle). out: [batch x num_heads x head_dim].
 absl::Status SalsSparseAttention(DType dtype, const SalsKvCache& cache,
                                  const SalsSelectionPolicy& policy, const SalsDecodePlan& plan,
                                  const void* q, int64_t q_row_stride, const void* k_new,
@@ -116,7 +120,8 @@ absl::Status SalsSparseAttention(DType dtype, const SalsKvCache& cache,
                                  float scale, const int32_t* selected, void* workspace, void* out,
                                  cudaStream_t stream);
 
-// The whole step: stages 1-4 on `stream` with the workspace laid out by SalsDecodeWorkspace.
+// The whole step: stages 1-4 on `stream` with the workspace laid out by SalsDecodeWorkspace
+// (stage 4 alone with an attend_all plan).
 absl::Status SalsDecodeAttention(DType dtype, const SalsKvCache& cache,
                                  const SalsSelectionPolicy& policy, const SalsDecodePlan& plan,
                                  const void* q_pre, const void* q, int64_t q_row_stride,
