@@ -1,19 +1,31 @@
 // RAII owners and checked calls for the CUDA resources the backend holds beyond those of
-// sals/kernels/cuda_utils.h: a cuBLAS handle, pinned host memory and CUDA graphs.
+// sals/kernels/cuda_utils.h: a cuBLAS handle, pinned host memory and CUDA graphs; the growth of
+// per-step device buffers, and the compute dtype in the kernels' terms.
 #pragma once
 
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
+#include <bit>
 #include <cstddef>
+#include <cstdint>
 #include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "engine/common/dtype.h"
 #include "sals/kernels/cuda_utils.h"
+#include "sals/kernels/dtype.h"
 
 namespace sals::cuda {
+
+// Activations and weights: 16-bit words, f16 or bf16 as the backend's options say.
+using Buffer16 = kernels::DeviceBuffer<uint16_t>;
+
+inline kernels::DType KernelDType(DType t) {
+  return t == DType::kBF16 ? kernels::DType::kBF16 : kernels::DType::kF16;
+}
 
 inline absl::Status CublasStatus(cublasStatus_t st, const char* expr, const char* file, int line) {
   return absl::InternalError(
@@ -136,5 +148,18 @@ class GraphExec {
  private:
   cudaGraphExec_t exec_ = nullptr;
 };
+
+// Grows `buf` to at least `count` elements (a power of two, so that growth is rare); true when
+// it moved, which invalidates captured graphs.
+template <typename T>
+absl::StatusOr<bool> Grow(kernels::DeviceBuffer<T>* buf, size_t count) {
+  if (buf->size() >= count) return false;
+  buf->Reset();  // contents are per step; free first so that peak memory is not doubled
+  absl::StatusOr<kernels::DeviceBuffer<T>> grown =
+      kernels::DeviceBuffer<T>::Allocate(std::bit_ceil(count));
+  if (!grown.ok()) return grown.status();
+  *buf = std::move(*grown);
+  return true;
+}
 
 }  // namespace sals::cuda
