@@ -1,10 +1,10 @@
 // End-to-end decode throughput of the CUDA backend, Llama-3.1-8B shape, random weights: batch 8 at
 // 4K and 32K context, batch 4 at 64K, batch 1 at 32K and 128K (one long chat), against gpt-fast's
 // method measured in the same device session by bench/gpt_fast_baseline.py (--gpt_fast its
-// JSON), for each KV pool format asked for: dense fp16, SALS-25 and SALS-12.5 (the presets: rank D/4 with 4-bit
-// values, rank D/8 with 2-bit values, layers 0, 1 and 31 dense, 16 sinks + 64 recent tokens,
-// the default policy: top 1/8 of the context scored on rank/2 dims), SALS with a random basis
-// (orthonormal columns, Gram-Schmidt on a seeded Gaussian matrix; one basis for every layer).
+// JSON), for each KV pool format asked for: dense fp16, SALS-25 and SALS-12.5 (the presets: rank
+// D/4 with 4-bit values, rank D/8 with 2-bit values, layers 0, 1 and 31 dense, 16 sinks + 64 recent
+// tokens, the default policy: top 1/8 of the context scored on rank/2 dims), SALS with a random
+// basis (orthonormal columns, Gram-Schmidt on a seeded Gaussian matrix; one basis for every layer).
 // The KV cache is filled with random values instead of running the prefills; positions and
 // lengths are those of prefilled sequences. Each step is a ForwardGreedy whose tokens feed the
 // next (the context grows by one per step); per shape, the median over the timed steps of the

@@ -4,11 +4,12 @@
 // same device session, torch SDPA with the flash (FlashAttention-2) and cuDNN backends.
 //
 // Shapes: 32 query heads x 128, fp16, MHA (32 KV heads) and GQA (8 KV heads), batch {1, 8, 16,
-// 32, 64} x context {4K, 32K, 128K} up to 2M cached tokens in all. SALS-25%: rank D/4, 4-bit values; SALS-12.5%: rank D/8, 2-bit values;
-// both group 32, top 1/8 of the context + 16 sinks + 64 recent tokens, scores over rank/2 dims.
-// Each step runs as a CUDA graph (the decode path is graph-friendly; SDPA is timed as graphs
-// too); times are medians of back-to-back replays between CUDA events after a warm-up, on random
-// inputs, rotating over copies of the cache where one copy would fit in the L2.
+// 32, 64} x context {4K, 32K, 128K} up to 2M cached tokens in all. SALS-25%: rank D/4, 4-bit
+// values; SALS-12.5%: rank D/8, 2-bit values; both group 32, top 1/8 of the context + 16 sinks + 64
+// recent tokens, scores over rank/2 dims. Each step runs as a CUDA graph (the decode path is
+// graph-friendly; SDPA is timed as graphs too); times are medians of back-to-back replays between
+// CUDA events after a warm-up, on random inputs, rotating over copies of the cache where one copy
+// would fit in the L2.
 //
 // Usage: bench_sals_attention [--sdpa sdpa.json] [--json out.json] [--gpu NAME] [--attn MHA|GQA]
 //   [--batches 1,8,...] [--contexts 4096,...]
@@ -270,10 +271,9 @@ SalsTiming RunSals(const SalsPool& pool, int batch, int context, std::mt19937_64
     c.exact_slots = d_exact.get() + r * batch;
     return c;
   };
-  const SalsDecodePlan plan =
-      Check(PlanSalsDecode(cache_for(0), policy, batch, kNumHeads, cached));
-  const SalsDecodePlan mma_plan = Check(PlanSalsDecode(cache_for(0), policy, batch, kNumHeads,
-                                                       cached, /*allow_wgmma=*/false));
+  const SalsDecodePlan plan = Check(PlanSalsDecode(cache_for(0), policy, batch, kNumHeads, cached));
+  const SalsDecodePlan mma_plan =
+      Check(PlanSalsDecode(cache_for(0), policy, batch, kNumHeads, cached, /*allow_wgmma=*/false));
   const SalsWorkspaceLayout ws = SalsDecodeWorkspace(pool.View(), plan);
   auto workspace = Check(DeviceBuffer<uint8_t>::Allocate(
       std::max(ws.bytes, SalsDecodeWorkspace(pool.View(), mma_plan).bytes)));
@@ -339,8 +339,7 @@ SalsTiming RunSals(const SalsPool& pool, int batch, int context, std::mt19937_64
     return f;
   };
   const std::vector<float> main_out = output_of(graphs[kStep][0]);
-  const std::vector<float> mma_out =
-      plan.wgmma ? output_of(graphs[kMmaStep][0]) : main_out;
+  const std::vector<float> mma_out = plan.wgmma ? output_of(graphs[kMmaStep][0]) : main_out;
   float max_abs = 0.0f;
   float max_diff = 0.0f;
   for (size_t i = 0; i < main_out.size(); ++i) {

@@ -497,8 +497,8 @@ std::vector<SalsDecodePlan> PlansToTry(const SalsKvCache& cache, const SalsSelec
                                        int batch, int num_heads, int max_cached) {
   const SalsDecodePlan planned =
       ValueOrDie(PlanSalsDecode(cache, policy, batch, num_heads, max_cached));
-  const int tiles = static_cast<int>(
-      (SalsPlanSelection(policy, max_cached).attended(max_cached) + 63) / 64);
+  const int tiles =
+      static_cast<int>((SalsPlanSelection(policy, max_cached).attended(max_cached) + 63) / 64);
   std::vector<SalsDecodePlan> plans = {planned};
   SalsDecodePlan one_head = planned;
   one_head.heads_per_block = 1;
@@ -572,11 +572,11 @@ TEST_P(SalsDecodeTest, SparseAttentionMatchesReference) {
       auto d_out = PoisonedBuffer16(want.size());
       const uint16_t* qkv = d_qkv.get();
       const int q_width = in.num_heads * s.head_dim;
-      SALS_ASSERT_OK(
-          SalsSparseAttention(s.dtype, cache, policy, plan, qkv, in.row_stride, qkv + q_width,
-                              qkv + q_width + h.width(), in.row_stride, d.inv_freq.get(),
-                              1.0f / std::sqrt(static_cast<float>(s.head_dim)), d_selected.get(),
-                              workspace.get(), d_out.get(), nullptr));
+      SALS_ASSERT_OK(SalsSparseAttention(s.dtype, cache, policy, plan, qkv, in.row_stride,
+                                         qkv + q_width, qkv + q_width + h.width(), in.row_stride,
+                                         d.inv_freq.get(),
+                                         1.0f / std::sqrt(static_cast<float>(s.head_dim)),
+                                         d_selected.get(), workspace.get(), d_out.get(), nullptr));
       const std::vector<float> got = DecodeAll(s.dtype, ToHost(d_out));
       ExpectClose(got, want, 2e-4f, 2 * Eps(s.dtype), "sparse attention");
     }
@@ -623,11 +623,11 @@ TEST_P(SalsDecodeTest, TilingEdgesMatchReference) {
       auto d_out = PoisonedBuffer16(want.size());
       const uint16_t* qkv = d_qkv.get();
       const int q_width = in.num_heads * s.head_dim;
-      SALS_ASSERT_OK(
-          SalsSparseAttention(s.dtype, cache, policy, plan, qkv, in.row_stride, qkv + q_width,
-                              qkv + q_width + h.width(), in.row_stride, d.inv_freq.get(),
-                              1.0f / std::sqrt(static_cast<float>(s.head_dim)), d_selected.get(),
-                              workspace.get(), d_out.get(), nullptr));
+      SALS_ASSERT_OK(SalsSparseAttention(s.dtype, cache, policy, plan, qkv, in.row_stride,
+                                         qkv + q_width, qkv + q_width + h.width(), in.row_stride,
+                                         d.inv_freq.get(),
+                                         1.0f / std::sqrt(static_cast<float>(s.head_dim)),
+                                         d_selected.get(), workspace.get(), d_out.get(), nullptr));
       const std::vector<float> got = DecodeAll(s.dtype, ToHost(d_out));
       ExpectClose(got, want, 2e-4f, 2 * Eps(s.dtype), "sparse attention");
     }
@@ -654,18 +654,17 @@ TEST_P(SalsDecodeTest, WholeStepMatchesReference) {
   SalsDecodePlan variant = PlansToTry(cache, policy, batch, in.num_heads, max_cached)[2];
   variant.score_block_tokens = planned.score_block_tokens == 64 ? 512 : 64;
   for (const SalsDecodePlan& plan : {planned, variant}) {
-    SCOPED_TRACE(::testing::Message() << "score_block_tokens=" << plan.score_block_tokens << " "
-                                      << PlanName(plan));
+    SCOPED_TRACE(::testing::Message()
+                 << "score_block_tokens=" << plan.score_block_tokens << " " << PlanName(plan));
     const SalsWorkspaceLayout layout = SalsDecodeWorkspace(cache, plan);
     auto workspace = ValueOrDie(DeviceBuffer<uint8_t>::Allocate(layout.bytes));
     auto d_out = PoisonedBuffer16(static_cast<size_t>(batch) * in.num_heads * s.head_dim);
     const uint16_t* qkv = d_qkv.get();
     const int q_width = in.num_heads * s.head_dim;
-    SALS_ASSERT_OK(SalsDecodeAttention(s.dtype, cache, policy, plan, d_q_pre.get(), qkv,
-                                       in.row_stride, qkv + q_width, qkv + q_width + h.width(),
-                                       in.row_stride, d.inv_freq.get(),
-                                       1.0f / std::sqrt(static_cast<float>(s.head_dim)),
-                                       workspace.get(), d_out.get(), nullptr));
+    SALS_ASSERT_OK(SalsDecodeAttention(
+        s.dtype, cache, policy, plan, d_q_pre.get(), qkv, in.row_stride, qkv + q_width,
+        qkv + q_width + h.width(), in.row_stride, d.inv_freq.get(),
+        1.0f / std::sqrt(static_cast<float>(s.head_dim)), workspace.get(), d_out.get(), nullptr));
     const std::vector<uint8_t> ws = ToHost(workspace);
     auto read_floats = [&](size_t offset, size_t n) {
       std::vector<float> v(n);
@@ -783,11 +782,10 @@ TEST_P(SalsDecodeTest, ShortContextsAttendEverything) {
     auto d_out = PoisonedBuffer16(want.size());
     const uint16_t* qkv = d_qkv.get();
     const int q_width = in.num_heads * s.head_dim;
-    SALS_ASSERT_OK(SalsDecodeAttention(s.dtype, cache, policy, plan, d_q_pre.get(), qkv,
-                                       in.row_stride, qkv + q_width, qkv + q_width + h.width(),
-                                       in.row_stride, d.inv_freq.get(),
-                                       1.0f / std::sqrt(static_cast<float>(s.head_dim)),
-                                       workspace.get(), d_out.get(), nullptr));
+    SALS_ASSERT_OK(SalsDecodeAttention(
+        s.dtype, cache, policy, plan, d_q_pre.get(), qkv, in.row_stride, qkv + q_width,
+        qkv + q_width + h.width(), in.row_stride, d.inv_freq.get(),
+        1.0f / std::sqrt(static_cast<float>(s.head_dim)), workspace.get(), d_out.get(), nullptr));
     const std::vector<float> got = DecodeAll(s.dtype, ToHost(d_out));
     ExpectClose(got, want, 2e-4f, 2 * Eps(s.dtype), "short-context step");
   }

@@ -38,10 +38,10 @@ namespace sals::kernels {
 struct SalsDecodePlan {
   int batch = 0;
   int num_heads = 0;
-  int max_cached = 0;    // bounds every kv_lens[b]; longer contexts are cut to it
-  int max_middle = 0;    // scores per sequence
-  int max_topk = 0;      // selected positions per sequence
-  int score_stride = 0;  // q~ row: score_dims rounded up to 8
+  int max_cached = 0;           // bounds every kv_lens[b]; longer contexts are cut to it
+  int max_middle = 0;           // scores per sequence
+  int max_topk = 0;             // selected positions per sequence
+  int score_stride = 0;         // q~ row: score_dims rounded up to 8
   int score_block_tokens = 64;  // middle tokens per scoring block (the planner: 64 or 512)
   int topk_cluster = 1;         // blocks (a thread-block cluster) per sequence in the top-k
   // The attention kernel: a block serves heads_per_block KV heads (1 or 2) of one sequence and
