@@ -1,5 +1,5 @@
 // End-to-end decode throughput of the CUDA backend, Llama-3.1-8B shape, random weights: batch 8 at
-// 4K and 32K context, batch 4 at 64K, against gpt-fast on the same H200 (GPU-MACHINE.md), for each
+// 4K and 32K context, batch 4 at 64K, against gpt-fast on the same H200 (docs/GPU.md), for each
 // KV pool format asked for: dense fp16, SALS-25 and SALS-12.5 (the presets: rank D/4 with 4-bit
 // values, rank D/8 with 2-bit values, layers 0, 1 and 31 dense, 16 sinks + 64 recent tokens,
 // the default policy: top 1/8 of the context scored on rank/2 dims), SALS with a random basis

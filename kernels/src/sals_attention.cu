@@ -9,7 +9,7 @@
 // shared memory) follow in registers and shared memory; each (tile, head) leaves a normalized
 // partial output and its log-sum-exp, merged by a combine kernel.
 //
-// Cost (SALS.md): the rebuild is 2 * tile * rank * head_dim flops per (tile, head) against
+// Cost (docs/SALS.md): the rebuild is 2 * tile * rank * head_dim flops per (tile, head) against
 // head_dim * rank * 2 bytes of U read from the L2, so a 128-token tile does 128 flops per byte.
 // Every block reads the same few MB of U, all in the same order unless plan.spread_u_reads.
 
