@@ -41,6 +41,7 @@ EngineConfig SalsConfig(int num_blocks) {
   c.num_blocks = num_blocks;
   c.max_num_seqs = 8;
   c.max_num_batched_tokens = 1024;
+  c.cpu_threads = 1;  // ctest runs tests side by side on few cores
   return c;
 }
 
@@ -208,9 +209,9 @@ std::vector<double> DirectLastLogprobs(Backend& backend, const std::vector<int32
   return LogSoftmax(out.logits.data(), backend.config().vocab_size);  // the last token only
 }
 
-// Prompt lengths of the measurements: 8 by default (CI), more with SALS_DETERMINISM_PROMPTS=N.
+// Prompt lengths of the measurements: 5 by default (CI), more with SALS_DETERMINISM_PROMPTS=N.
 std::vector<int> PromptLengths() {
-  int n = 8;
+  int n = 5;
   if (const char* env = std::getenv("SALS_DETERMINISM_PROMPTS")) n = std::max(1, std::atoi(env));
   std::vector<int> lengths;
   for (int i = 0; i < n; ++i) lengths.push_back(150 + (i * 61) % 450);
@@ -329,13 +330,13 @@ TEST(SalsDeterminismTest, PreemptedReproducibleRequestsMatchTheirRunsAlone) {
   std::vector<std::vector<int32_t>> prompts;
   std::vector<Output> alone;
   for (int i = 0; i < 4; ++i) {
-    prompts.push_back(TextPrompt(*alone_engine->tokenizer(), 20000 + 1301 * i, 150 + 40 * i));
+    prompts.push_back(TextPrompt(*alone_engine->tokenizer(), 20000 + 1301 * i, 100 + 30 * i));
     alone.push_back(Generate(*alone_engine, prompts.back(), kGenerated, /*reproducible=*/true));
   }
-  // 24 blocks of 16 tokens hold two of these sequences, not four: the newest are preempted by
-  // recompute, with the prefix cache (their own blocks) or without.
+  // 16 blocks of 16 tokens hold one or two of these sequences, not four: the newest are
+  // preempted by recompute, with the prefix cache (their own blocks) or without.
   for (const bool caching : {false, true}) {
-    EngineConfig config = SalsConfig(/*num_blocks=*/24);
+    EngineConfig config = SalsConfig(/*num_blocks=*/16);
     config.enable_prefix_caching = caching;
     for (const bool reproducible : {false, true}) {
       auto engine = MakeEngine(config);
@@ -355,7 +356,10 @@ TEST(SalsDeterminismTest, PreemptedReproducibleRequestsMatchTheirRunsAlone) {
             caching, reproducible, i, together[i].done.preemptions, c.first_difference,
             c.max_drift);
         if (reproducible) {
+          // Computed as alone: the same tokens, logprobs equal up to batch-shape rounding
+          // (a recomputed context moves them by tenths of a nat).
           EXPECT_EQ(together[i].tokens(), alone[i].tokens()) << "request " << i;
+          EXPECT_LT(c.max_drift, 1e-3) << "request " << i;
           EXPECT_EQ(together[i].done.cached_prompt_tokens, 0);
         }
       }
