@@ -110,6 +110,7 @@ absl::StatusOr<GenerationRequest> ToGenerationRequest(const v1::GenerateRequest&
     r.stop_token_ids.push_back(static_cast<int32_t>(std::min<uint32_t>(id, INT32_MAX)));
   }
   r.ignore_eos = s.ignore_eos();
+  r.reproducible = request.reproducible();
   if (absl::Status st = ApplyAttention(request.attention(), engine.info(), &r); !st.ok()) {
     return st;
   }

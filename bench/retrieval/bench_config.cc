@@ -37,11 +37,15 @@ absl::StatusOr<BenchConfig> ParseBenchConfig(std::string_view spec_view) {
                                                    c.kv_format,
                                                    "' (known: dense, sals-25, sals-12.5)"));
   }
-  if (!c.is_sals() && parts.size() > 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("config '", spec, "': dense takes no policy keys"));
-  }
   for (size_t i = 1; i < parts.size(); ++i) {
+    if (parts[i] == "hit") {
+      c.prefix_hit = true;
+      continue;
+    }
+    if (!c.is_sals()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("config '", spec, "': dense takes no policy keys (only 'hit')"));
+    }
     std::pair<absl::string_view, absl::string_view> kv = absl::StrSplit(parts[i], '=');
     const absl::string_view key = kv.first, value = kv.second;
     bool ok = false;
@@ -61,7 +65,7 @@ absl::StatusOr<BenchConfig> ParseBenchConfig(std::string_view spec_view) {
     } else {
       return absl::InvalidArgumentError(
           absl::StrCat("config '", spec, "': unknown key '", key,
-                       "' (known: topk, budget, score_dims, rank, sinks, recent)"));
+                       "' (known: topk, budget, score_dims, rank, sinks, recent, hit)"));
     }
     if (!ok) {
       return absl::InvalidArgumentError(

@@ -2,7 +2,10 @@
 // preset) and, for SALS presets, the per-request selection policy. Spelled
 // "PRESET[:key=value]...": "dense", "sals-25", "sals-12.5:topk=1/4", "sals-12.5:budget=256".
 // Keys: topk (fraction of the context, "0.25" or "1/4"), budget (exactly this many middle tokens:
-// the top-k fraction is dropped), score_dims, rank (latent dims used), sinks, recent.
+// the top-k fraction is dropped), score_dims, rank (latent dims used), sinks, recent; and the bare
+// word "hit" (any preset, "dense:hit" too): each prompt is prefilled once to fill the prefix cache
+// and scored on its second run, which takes the cached prefix (on SALS pools attended through
+// latents and quantized values; docs/SALS.md). Without it every prompt is prefilled whole.
 #pragma once
 
 #include <string>
@@ -15,9 +18,10 @@
 namespace sals {
 
 struct BenchConfig {
-  std::string name;       // as given
-  std::string kv_format;  // "dense", "sals-25" or "sals-12.5"
-  SalsPolicy policy;      // requests' policy (SALS presets only)
+  std::string name;         // as given
+  std::string kv_format;    // "dense", "sals-25" or "sals-12.5"
+  SalsPolicy policy;        // requests' policy (SALS presets only)
+  bool prefix_hit = false;  // scored on a prefix-cache hit ("hit")
 
   bool is_sals() const { return kv_format != "dense"; }
 };

@@ -52,14 +52,27 @@ class PassSink : public RequestSink {
 }  // namespace
 
 void ConfigureForPass(int64_t max_prompt_tokens, int64_t max_total_tokens, int max_in_flight,
-                      EngineConfig* config) {
+                      EngineConfig* config, bool prefix_hits) {
   config->max_num_seqs = max_in_flight;
   // One prompt whole plus a decode token for every other running sequence.
   config->max_num_batched_tokens = static_cast<int>(max_prompt_tokens) + max_in_flight;
   const int64_t blocks_per_seq = (max_total_tokens + config->block_size - 1) / config->block_size;
-  config->num_blocks = static_cast<int>(blocks_per_seq * max_in_flight);
+  config->num_blocks = static_cast<int>(blocks_per_seq * (max_in_flight + (prefix_hits ? 1 : 0)));
   config->max_waiting_requests = std::max(config->max_waiting_requests, max_in_flight + 1);
-  config->enable_prefix_caching = false;
+  config->enable_prefix_caching = prefix_hits;
+}
+
+std::vector<PassRequest> PrefixHitRequests(std::span<const PassRequest> requests) {
+  std::vector<PassRequest> out;
+  for (const PassRequest& r : requests) {
+    PassRequest fill = r;
+    fill.max_tokens = 1;
+    fill.reproducible = true;
+    out.push_back(std::move(fill));
+    out.push_back(r);
+    out.back().reproducible = false;
+  }
+  return out;
 }
 
 absl::StatusOr<std::vector<PassResult>> RunPass(Engine& engine,
@@ -105,6 +118,7 @@ absl::StatusOr<std::vector<PassResult>> RunPass(Engine& engine,
     req.max_tokens = pr.max_tokens;
     req.sampling.temperature = 0.0f;
     req.policy = pr.policy;
+    req.reproducible = pr.reproducible;
     error = engine.Submit(std::move(req), std::make_shared<PassSink>(state.get(), submitted));
     if (!error.ok()) {
       error =

@@ -21,6 +21,7 @@ struct PassRequest {
   std::vector<int32_t> prompt;
   int32_t max_tokens = 16;
   std::optional<SalsPolicy> policy;
+  bool reproducible = false;  // GenerationRequest::reproducible: no prefix-cache hit
 };
 
 struct PassResult {
@@ -38,8 +39,16 @@ struct PassOptions {
 // EngineConfig limits a pass needs: a prefill budget that holds the longest prompt next to every
 // running decode, and a pool that holds max_in_flight sequences of `max_total_tokens`, so that
 // nothing is chunked or preempted. Prefix caching is off: every request prefills its prompt.
+// With `prefix_hits` it is on, and the pool holds one sequence more: a prompt run just before
+// (PrefixHitRequests) keeps its blocks cached until its second run takes them.
 void ConfigureForPass(int64_t max_prompt_tokens, int64_t max_total_tokens, int max_in_flight,
-                      EngineConfig* config);
+                      EngineConfig* config, bool prefix_hits = false);
+
+// For scoring on prefix-cache hits: each request twice in a row, first as a one-token reproducible
+// run (a whole prefill that leaves the prompt's blocks in the cache), then as given with
+// reproducible off, so that it takes the cached prefix. The results of the second runs are
+// those at odd indices.
+std::vector<PassRequest> PrefixHitRequests(std::span<const PassRequest> requests);
 
 // Results in request order. Errors: a Submit refused (named by index), or a request aborted.
 absl::StatusOr<std::vector<PassResult>> RunPass(Engine& engine,

@@ -124,6 +124,7 @@ nlohmann::json ReportToJson(const BenchReport& report) {
     j["configs"].push_back({{"name", run.config.name},
                             {"kv_format", run.config.kv_format},
                             {"policy", PolicyJson(run.config)},
+                            {"prefix_hit", run.config.prefix_hit},
                             {"status", run.status},
                             {"seconds", run.seconds}});
   }
@@ -166,11 +167,10 @@ nlohmann::json ReportToJson(const BenchReport& report) {
     for (const ConfigRun& run : report.runs) {
       if (!run.ran()) continue;
       const CaseRun& r = run.cases[i];
-      nlohmann::json entry = {{"output", r.output},
-                              {"correct", r.correct},
-                              {"items", r.items},
-                              {"completion_tokens", r.completion_tokens},
-                              {"finish", r.finish}};
+      nlohmann::json entry = {
+          {"output", r.output}, {"correct", r.correct},
+          {"items", r.items},   {"completion_tokens", r.completion_tokens},
+          {"finish", r.finish}, {"cached_prompt_tokens", r.cached_prompt_tokens}};
       if (i < run.recall.size() && run.recall[i]) entry["recall"] = run.recall[i]->mean;
       results[run.config.name] = std::move(entry);
     }

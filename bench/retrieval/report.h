@@ -20,7 +20,8 @@ struct CaseRun {
   double items = 0.0;  // share of the answer's items found (RULER's string match)
   std::string output;
   int32_t completion_tokens = 0;
-  std::string finish;  // "stop" or "length"
+  std::string finish;                // "stop" or "length"
+  int32_t cached_prompt_tokens = 0;  // served by the prefix cache (configurations with "hit")
 };
 
 struct ConfigRun {

@@ -14,6 +14,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -40,7 +41,8 @@ ABSL_FLAG(std::string, cases, "", "cases, one JSON object per line (make_cases.p
 ABSL_FLAG(std::vector<std::string>, configs,
           absl::StrSplit(sals::kDefaultBenchConfigs, ',', absl::SkipEmpty()),
           "configurations: dense, sals-25, sals-12.5, each SALS one optionally with :topk=F, "
-          ":budget=N, :score_dims=N, :rank=N, :sinks=N, :recent=N");
+          ":budget=N, :score_dims=N, :rank=N, :sinks=N, :recent=N; any with :hit to score it on "
+          "prefix-cache hits");
 ABSL_FLAG(std::string, json, "", "write the full results here");
 ABSL_FLAG(std::string, calibration, "",
           "calibration file (default: sals_calibration.safetensors in --model)");
@@ -51,6 +53,8 @@ ABSL_FLAG(int, recall_cases, -1,
           "cases per task and length whose attention-mass recall is measured (-1 = all)");
 ABSL_FLAG(int, extra_tokens, 8, "generated tokens beyond the answer's own token count");
 ABSL_FLAG(int, max_in_flight, 16, "requests in the engine at once");
+ABSL_FLAG(bool, prefix_hits, false,
+          "also score every configuration on prefix-cache hits (adds CONFIG:hit for each)");
 
 namespace sals {
 namespace {
@@ -112,15 +116,15 @@ absl::StatusOr<Prepared> Prepare(const std::vector<RetrievalCase>& cases,
 }
 
 EngineConfig BaseEngineConfig(const std::string& kv_format, const std::vector<int>& dense_layers,
-                              const Prepared& prepared) {
+                              const Prepared& prepared, bool prefix_hits = false) {
   EngineConfig ec;
   ec.model_path = absl::GetFlag(FLAGS_model);
   ec.backend = absl::GetFlag(FLAGS_backend);
   ec.calibration_file = absl::GetFlag(FLAGS_calibration);
   ec.kv_format = kv_format;
   if (kv_format != "dense" && !dense_layers.empty()) ec.dense_layers = dense_layers;
-  ConfigureForPass(prepared.max_prompt, prepared.max_total, absl::GetFlag(FLAGS_max_in_flight),
-                   &ec);
+  ConfigureForPass(prepared.max_prompt, prepared.max_total, absl::GetFlag(FLAGS_max_in_flight), &ec,
+                   prefix_hits);
   return ec;
 }
 
@@ -130,7 +134,11 @@ EngineConfig BaseEngineConfig(const std::string& kv_format, const std::vector<in
 absl::Status RunPreset(const std::string& kv_format, const std::vector<RetrievalCase>& cases,
                        const Prepared& prepared, const std::vector<int>& dense_layers,
                        std::vector<ConfigRun*> runs) {
-  const EngineConfig ec = BaseEngineConfig(kv_format, dense_layers, prepared);
+  // With a configuration scored on hits the engine caches prefixes; every other request then
+  // bypasses the cache (reproducible), so that it is prefilled whole as without one.
+  const bool prefix_hits = std::any_of(runs.begin(), runs.end(),
+                                       [](const ConfigRun* r) { return r->config.prefix_hit; });
+  const EngineConfig ec = BaseEngineConfig(kv_format, dense_layers, prepared, prefix_hits);
   auto engine = Engine::Create(ec, nullptr);
   if (!engine.ok()) {
     const absl::Status& s = engine.status();
@@ -160,12 +168,19 @@ absl::Status RunPreset(const std::string& kv_format, const std::vector<Retrieval
       requests[i].prompt = prepared.prompts[i];
       requests[i].max_tokens = prepared.max_tokens[i];
       if (run->config.is_sals()) requests[i].policy = run->config.policy;
+      requests[i].reproducible = prefix_hits;
     }
+    // On hits: every prompt run twice, the second run scored.
+    const int stride = run->config.prefix_hit ? 2 : 1;
+    if (run->config.prefix_hit) requests = PrefixHitRequests(requests);
     PassOptions options;
     options.max_in_flight = absl::GetFlag(FLAGS_max_in_flight);
     const absl::Time start = absl::Now();
     const std::string name = run->config.name;
     options.progress = [&](int done, int total) {
+      if (done % stride != 0) return;  // a prefix-filling run
+      done /= stride;
+      total /= stride;
       if (done % 10 == 0 || done == total) {
         std::fprintf(stderr, "[sals-retrieval] %s: %d/%d cases, %.0f s\n", name.c_str(), done,
                      total, absl::ToDoubleSeconds(absl::Now() - start));
@@ -178,8 +193,9 @@ absl::Status RunPreset(const std::string& kv_format, const std::vector<Retrieval
     }
     run->seconds = absl::ToDoubleSeconds(absl::Now() - start);
     for (size_t i = 0; i < cases.size(); ++i) {
-      const PassResult& r = (*results)[i];
+      const PassResult& r = (*results)[stride * i + stride - 1];
       CaseRun cr;
+      cr.cached_prompt_tokens = r.completion.cached_prompt_tokens;
       cr.output = r.text;
       const AnswerScore score = ScoreAnswer(r.text, cases[i].items);
       cr.correct = score.correct;
@@ -203,7 +219,8 @@ absl::Status MeasureRecalls(const std::vector<RetrievalCase>& cases, const Prepa
   std::vector<RecallTarget> targets;
   std::vector<int> ranks;
   for (ConfigRun& run : report->runs) {
-    if (!run.ran() || !run.config.is_sals()) continue;
+    // Recall depends on the policy only: a hit twin repeats its configuration's.
+    if (!run.ran() || !run.config.is_sals() || run.config.prefix_hit) continue;
     auto format =
         ResolveKvFormat(BaseEngineConfig(run.config.kv_format, dense_layers, prepared), model);
     if (!format.ok()) return format.status();
@@ -271,7 +288,14 @@ absl::Status Run() {
   if (absl::GetFlag(FLAGS_max_in_flight) < 1) {
     return absl::InvalidArgumentError("--max_in_flight must be positive");
   }
-  auto configs = ParseBenchConfigs(absl::GetFlag(FLAGS_configs));
+  std::vector<std::string> specs = absl::GetFlag(FLAGS_configs);
+  if (absl::GetFlag(FLAGS_prefix_hits)) {
+    const size_t n = specs.size();
+    for (size_t i = 0; i < n; ++i) {
+      if (!absl::EndsWith(specs[i], ":hit")) specs.push_back(specs[i] + ":hit");
+    }
+  }
+  auto configs = ParseBenchConfigs(specs);
   if (!configs.ok()) return configs.status();
   auto dense_layers = ParseIntListFlag("dense_layers", absl::GetFlag(FLAGS_dense_layers));
   if (!dense_layers.ok()) return dense_layers.status();
@@ -342,7 +366,7 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "sals-retrieval --model DIR --cases FILE.jsonl [--backend cpu|cuda] [--json OUT]\n"
       "    [--configs dense,sals-25,sals-12.5,sals-12.5:topk=1/4,sals-12.5:budget=256]\n"
-      "    [--max-cases N] [--recall-cases N] [--dense-layers 0,1,7]\n"
+      "    [--max-cases N] [--recall-cases N] [--dense-layers 0,1,7] [--prefix-hits]\n"
       "CPU threads: OMP_NUM_THREADS (the engine's step thread reads it at start).\n"
       "Accuracy: the greedy output starts with the answer (every value present for multi-value\n"
       "answers). Recall: share of the true attention mass on the tokens SALS selects.");

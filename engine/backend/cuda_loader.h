@@ -1,6 +1,6 @@
 // Loads the CUDA backend (libsals_backend_cuda.so) at run time. The engine and every CPU-only
 // program link no CUDA library: cuBLAS's static TLS, linked directly, breaks prometheus-cpp's
-// exposer threads (GPU-MACHINE.md), and a CPU-only machine has no CUDA libraries at all.
+// exposer threads (docs/GPU.md), and a CPU-only machine has no CUDA libraries at all.
 #pragma once
 
 #include <memory>

@@ -173,6 +173,13 @@ absl::Status Engine::Validate(const GenerationRequest& request) const {
   if (absl::Status s = ValidateSamplingParams(request.sampling); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("sampling: ", s.message()));
   }
+  if (request.reproducible && model_.pool.format.sals &&
+      static_cast<int64_t>(request.prompt.size()) > config_.max_num_batched_tokens) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("reproducible: the prompt (", request.prompt.size(),
+                     " tokens) must fit one prefill step (scheduler.max_num_batched_tokens = ",
+                     config_.max_num_batched_tokens, ")"));
+  }
   if (request.policy && model_.pool.format.sals) {
     if (absl::Status s = ValidateSalsPolicy(*request.policy, *model_.pool.format.sals); !s.ok()) {
       return absl::InvalidArgumentError(absl::StrCat("attention: ", s.message()));
@@ -199,6 +206,7 @@ absl::Status Engine::Submit(GenerationRequest request, std::shared_ptr<RequestSi
   const std::string id = request.id;
   auto r = std::make_unique<Request>(std::move(request), std::move(sink), next_id_++,
                                      model_.tokenizer.get(), policy, config_.seed);
+  r->seq->reproducible = r->req.reproducible && model_.pool.format.sals.has_value();
   live_ids_[id] = r->seq->id;
   inbox_.push_back(std::move(r));
   cv_.notify_one();

@@ -75,6 +75,13 @@ absl::Status Scheduler::Add(Sequence* seq) {
 
 void Scheduler::PlanChunk(Sequence* seq, StepPlan* plan, int32_t* budget) const {
   int32_t n = seq->num_tokens() - seq->num_computed_tokens;
+  if (seq->reproducible) {
+    // The prompt alone (after a preemption the generated tokens follow), then one token a step:
+    // each output token's KV is recomputed by the same kind of step that first produced it.
+    n = seq->num_computed_tokens < seq->num_prompt_tokens
+            ? std::min(n, seq->num_prompt_tokens - seq->num_computed_tokens)
+            : std::min(n, 1);
+  }
   if (config_.max_prefill_chunk > 0) n = std::min(n, config_.max_prefill_chunk);
   n = std::min(n, *budget);
   plan->seqs.push_back(
@@ -109,7 +116,13 @@ void Scheduler::Admit(StepPlan* plan, int32_t* budget) {
          static_cast<int32_t>(running_.size()) < config_.max_num_seqs &&
          (!uses_slots || slots_.num_free() > 0)) {
     Sequence* seq = waiting_.front();
-    const int32_t max_cached = config_.enable_prefix_caching
+    // A reproducible sequence waits (FCFS) for a step with room for its whole prompt, unless no
+    // step could ever hold it.
+    if (seq->reproducible && seq->num_prompt_tokens > *budget &&
+        seq->num_prompt_tokens <= PrefillChunkLimit()) {
+      break;
+    }
+    const int32_t max_cached = config_.enable_prefix_caching && !seq->reproducible
                                    ? seq->num_tokens() - config_.prefix_cache_recompute_tokens
                                    : 0;
     // Alone, a sequence may take the whole pool: Add checked that it fits.

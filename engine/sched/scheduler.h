@@ -10,6 +10,7 @@
 // its Postprocess.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -36,12 +37,10 @@ struct SchedulerConfig {
   // Blocks left free when admitting next to running sequences, so their decodes do not preempt
   // at once.
   int32_t watermark_blocks = 0;
-  // SALS storage keeps the exact sink and recent tokens in the sequence's slot, not in blocks,
-  // and a prefill reads them for its cached context: a shared prefix would find them missing.
-  // Turn caching off there until the engine can fill a slot from a cached prefix.
   bool enable_prefix_caching = true;
   // Trailing tokens recomputed at admission even when cached; >= 1, as the step must produce the
-  // last token's logits.
+  // last token's logits. SALS storage keeps the exact recent tokens in the sequence's slot, not
+  // in blocks, so the engine asks for at least the recent window there.
   int32_t prefix_cache_recompute_tokens = 1;
 };
 
@@ -100,8 +99,15 @@ class Scheduler {
  private:
   explicit Scheduler(const SchedulerConfig& config);
 
-  // Plans `seq`'s next tokens (all pending ones, within the chunk cap and `budget`).
+  // Plans `seq`'s next tokens (all pending ones, within the chunk cap and `budget`; for a
+  // reproducible sequence, see Sequence::reproducible).
   void PlanChunk(Sequence* seq, StepPlan* plan, int32_t* budget) const;
+  // The most tokens one prefill chunk can have: the step budget, or the chunk cap if smaller.
+  int32_t PrefillChunkLimit() const {
+    return config_.max_prefill_chunk > 0
+               ? std::min(config_.max_prefill_chunk, config_.max_num_batched_tokens)
+               : config_.max_num_batched_tokens;
+  }
   // Admits waiting sequences into `plan` while they fit.
   void Admit(StepPlan* plan, int32_t* budget);
   void FreeBlocksAndSlot(Sequence* seq);

@@ -37,6 +37,13 @@ struct Sequence {
   int32_t num_prompt_tokens;
   int32_t max_tokens;  // generated tokens at most
   SalsPolicy policy;   // handed to the backend as is
+  // Computed the same way whatever the cache holds and whatever else runs: no prefix-cache
+  // hits, the prompt prefilled in one chunk (the scheduler waits for a step with room for it,
+  // unless the prompt exceeds a whole step's budget), and after a preemption the prompt again in
+  // one chunk, then the generated tokens one decode step each. The engine sets it for requests
+  // that ask (GenerationRequest::reproducible) on SALS pools, where a cached or chunked context
+  // is attended through latents and quantized values instead of exact keys (docs/SALS.md).
+  bool reproducible = false;
 
   SequenceStatus status = SequenceStatus::kWaiting;
   uint64_t arrival = 0;  // set by Scheduler::Add; larger = newer

@@ -98,6 +98,60 @@ TEST(EnginePassTest, DensePrefillsWholePromptsAndMatchesRunsAlone) { CheckPass("
 
 TEST(EnginePassTest, SalsPrefillsWholePromptsAndMatchesRunsAlone) { CheckPass("sals-12.5"); }
 
+// Scoring on prefix-cache hits: each second run takes the cached prefix its first run left, the
+// first runs take none; on a dense pool the hit changes nothing.
+void CheckPrefixHitPass(const std::string& kv_format) {
+  SCOPED_TRACE(kv_format);
+  const std::vector<PassRequest> requests = Requests();
+  int64_t max_prompt = 0, max_total = 0;
+  for (const PassRequest& r : requests) {
+    max_prompt = std::max<int64_t>(max_prompt, r.prompt.size());
+    max_total = std::max<int64_t>(max_total, r.prompt.size() + r.max_tokens);
+  }
+  EngineConfig config;
+  config.model_path = std::string(SALS_FIXTURES_DIR) + "/llama31-bpe";
+  config.kv_format = kv_format;
+  if (kv_format != "dense") {
+    config.dense_layers = std::vector<int>{0};
+    // Prompts of 90+ tokens leave a cached prefix of whole blocks.
+    config.recent_tokens = 16;
+    config.default_policy.recent_tokens = 16;
+  }
+  constexpr int kInFlight = 3;
+  ConfigureForPass(max_prompt, max_total, kInFlight, &config, /*prefix_hits=*/true);
+  EXPECT_TRUE(config.enable_prefix_caching);
+  auto engine = Engine::Create(config, nullptr);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  PassOptions options;
+  options.max_in_flight = kInFlight;
+  const std::vector<PassRequest> doubled = PrefixHitRequests(requests);
+  ASSERT_EQ(doubled.size(), 2 * requests.size());
+  auto results = RunPass(**engine, doubled, options);
+  ASSERT_TRUE(results.ok()) << results.status();
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const PassResult& fill = (*results)[2 * i];
+    const PassResult& scored = (*results)[2 * i + 1];
+    EXPECT_EQ(fill.completion.cached_prompt_tokens, 0) << "request " << i;
+    EXPECT_EQ(fill.tokens.size(), 1u);
+    EXPECT_GE(scored.completion.cached_prompt_tokens, 64) << "request " << i;
+    // Reproducible requests bypass the cache on SALS pools (on dense ones a hit is exact, and
+    // the option changes nothing).
+    PassRequest whole = requests[i];
+    whole.reproducible = true;
+    auto alone = RunPass(**engine, std::span(&whole, 1), PassOptions{});
+    ASSERT_TRUE(alone.ok()) << alone.status();
+    if (kv_format == "dense") {
+      EXPECT_EQ((*alone)[0].tokens, scored.tokens) << "request " << i;
+    } else {
+      EXPECT_EQ((*alone)[0].completion.cached_prompt_tokens, 0);
+    }
+  }
+}
+
+TEST(EnginePassTest, DensePrefixHitsChangeNothing) { CheckPrefixHitPass("dense"); }
+
+TEST(EnginePassTest, SalsPrefixHitsTakeTheCachedPrefix) { CheckPrefixHitPass("sals-12.5"); }
+
 TEST(EnginePassTest, RefusedRequestIsNamed) {
   EngineConfig config;
   config.model_path = std::string(SALS_FIXTURES_DIR) + "/llama31-bpe";

@@ -109,8 +109,17 @@ TEST(BenchConfigTest, ParsesPresetsAndPolicyKeys) {
   EXPECT_EQ(budget->policy.token_budget, 256);
   EXPECT_EQ(budget->policy.topk_fraction, 0.0);  // exactly the budget, whatever the context
 
+  auto hit = ParseBenchConfig("sals-12.5:topk=1/4:hit");
+  ASSERT_TRUE(hit.ok()) << hit.status();
+  EXPECT_TRUE(hit->prefix_hit);
+  EXPECT_DOUBLE_EQ(hit->policy.topk_fraction, 0.25);
+  EXPECT_FALSE(quarter->prefix_hit);
+  auto dense_hit = ParseBenchConfig("dense:hit");
+  ASSERT_TRUE(dense_hit.ok()) << dense_hit.status();
+  EXPECT_TRUE(dense_hit->prefix_hit);
+
   for (const char* bad : {"sals-50", "dense:topk=0.5", "sals-25:topk=x", "sals-25:topk=1/0",
-                          "sals-25:colour=red", "sals-25:budget"}) {
+                          "sals-25:colour=red", "sals-25:budget", "sals-25:hits"}) {
     EXPECT_FALSE(ParseBenchConfig(bad).ok()) << bad;
   }
   auto defaults = ParseBenchConfigs(

@@ -484,5 +484,37 @@ TEST(ServerTest, SalsPoolServesTextAndReusesPrefixes) {
   EXPECT_LT(m["sals:sals_attended_tokens_total"], m["sals:sals_cached_tokens_total"]);
 }
 
+TEST(ServerTest, ReproducibleRequestsBypassThePrefixCacheOnSalsPools) {
+  Server s(SalsTestConfig());
+  ASSERT_TRUE(s.Start().ok()) << "SALS server";
+  v1::GenerateRequest r;
+  r.set_text("The quick brown fox jumps over the lazy dog, and the dog sleeps on the porch.");
+  r.mutable_sampling()->set_max_tokens(8);
+  r.mutable_sampling()->set_temperature(0.0f);
+  r.mutable_sampling()->set_ignore_eos(true);
+  r.set_reproducible(true);
+  const StreamResult first = RunStream(s.stub(), r);
+  const StreamResult again = RunStream(s.stub(), r);
+  ASSERT_TRUE(first.status.ok()) << first.status.error_message();
+  ASSERT_TRUE(again.status.ok()) << again.status.error_message();
+  EXPECT_EQ(again.complete.usage().cached_prompt_tokens(), 0u);
+  EXPECT_EQ(again.tokens, first.tokens);
+  // The same prompt without the option is served from the blocks the first two left behind.
+  r.set_reproducible(false);
+  const StreamResult cached = RunStream(s.stub(), r);
+  ASSERT_TRUE(cached.status.ok());
+  EXPECT_GT(cached.complete.usage().cached_prompt_tokens(), 0u);
+
+  // The prompt must fit one step (max_num_batched_tokens 64).
+  v1::GenerateRequest big = GreedyIds(Prompt(5, 65, 1500), 2);
+  big.set_reproducible(true);
+  const StreamResult refused = RunStream(s.stub(), big);
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(refused.status.error_message().find("reproducible"), std::string::npos)
+      << refused.status.error_message();
+  big.set_reproducible(false);
+  EXPECT_TRUE(RunStream(s.stub(), big).status.ok());
+}
+
 }  // namespace
 }  // namespace sals

@@ -34,7 +34,7 @@ fi
 strip --strip-unneeded .carry/bin/*  # the working tree and the carry share 64 MiB
 
 # The GPU machine (Ubuntu 24.04) has glibc, libstdc++, libgcc_s, libz, libssl/libcrypto and
-# CUDA's own libraries; everything else the binaries load travels (GPU-MACHINE.md).
+# CUDA's own libraries; everything else the binaries load travels (docs/GPU.md).
 for bin in .carry/bin/*; do ldd "$bin"; done | awk '$2 == "=>" && $3 ~ /^\// {print $3}' |
   sort -u | while read -r lib; do
     case "$(basename "$lib")" in

@@ -1,6 +1,6 @@
 // The CUDA backend's public face: options, the Backend extension it implements, and the C entry
 // points of libsals_backend_cuda.so. Plain C++ with no CUDA headers, so that the engine can hold
-// a CudaBackend through engine/backend/cuda_loader.h without linking CUDA (GPU-MACHINE.md: a
+// a CudaBackend through engine/backend/cuda_loader.h without linking CUDA (docs/GPU.md: a
 // program linking cuBLAS directly breaks prometheus-cpp's exposer).
 #pragma once
 

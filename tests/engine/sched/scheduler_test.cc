@@ -313,7 +313,7 @@ TEST(SchedulerTest, RandomWorkloadsAlwaysFinish) {
         // Three stems, so prefixes repeat; prompt + max_tokens never above the pool.
         const int prompt = rand(1, std::min(60, max_len - 1));
         const int max_tokens = rand(1, std::min(40, max_len - prompt));
-        e.Add(Prompt(prompt, 37 * rand(0, 2)), max_tokens);
+        e.Add(Prompt(prompt, 37 * rand(0, 2)), max_tokens)->reproducible = rand(0, 3) == 0;
         ++added;
       }
       e.Step();
@@ -356,6 +356,96 @@ TEST(SchedulerTest, RecomputeTokensLimitReuse) {
   Sequence* b = e.Add(Prompt(30), 2);
   e.Step();
   EXPECT_EQ(b->num_prefix_cached_tokens, 20);  // at most 30 - 9 = 21, whole blocks
+}
+
+TEST(SchedulerTest, ReproducibleSequenceTakesNoCachedPrefixAndWaitsForAWholePrefill) {
+  FakeEngine e(SmallConfig());  // 32 tokens a step
+  e.Add(Prompt(30), 2);
+  ASSERT_TRUE(e.RunToCompletion(10));
+  Sequence* a = e.Add(Prompt(5, 300), 20);
+  e.Step();  // a decodes from now on: one token a step
+  Sequence* b = e.Add(Prompt(30), 2);
+  b->reproducible = true;
+  StepPlan plan = e.Step();
+  // 30 tokens fit beside a's decode: one chunk from position 0, the cached blocks ignored.
+  ASSERT_EQ(plan.seqs.size(), 2u);
+  EXPECT_EQ(plan.seqs[1].seq, b);
+  EXPECT_EQ(plan.seqs[1].context_len, 0);
+  EXPECT_EQ(plan.seqs[1].num_tokens, 30);
+  EXPECT_EQ(b->num_prefix_cached_tokens, 0);
+  for (int i = 0; i < 10 && !b->is_finished(); ++i) e.Step();
+  ASSERT_TRUE(b->is_finished());
+  ASSERT_EQ(a->status, SequenceStatus::kRunning);
+
+  // 32 tokens do not fit beside a's decode: a reproducible prompt waits rather than be chunked,
+  // and what queues behind it waits too (first come, first served).
+  Sequence* c = e.Add(Prompt(32, 600), 1);
+  c->reproducible = true;
+  Sequence* d = e.Add(Prompt(3, 700), 1);
+  plan = e.Step();
+  ASSERT_EQ(plan.seqs.size(), 1u);
+  EXPECT_EQ(plan.seqs[0].seq, a);
+  EXPECT_EQ(c->status, SequenceStatus::kWaiting);
+  EXPECT_EQ(d->status, SequenceStatus::kWaiting);
+  // Once a is done, c's prompt goes in whole.
+  bool whole = false;
+  for (int i = 0; i < 40 && c->status == SequenceStatus::kWaiting; ++i) {
+    plan = e.Step();
+    for (const ScheduledSequence& s : plan.seqs) {
+      if (s.seq == c) whole = s.context_len == 0 && s.num_tokens == 32;
+    }
+  }
+  EXPECT_TRUE(whole);
+  ASSERT_TRUE(e.RunToCompletion(100));
+  e.ExpectOutputs();
+  e.ExpectPoolReleased();
+
+  // A prompt longer than any step still runs, chunked.
+  Sequence* f = e.Add(Prompt(40, 800), 1);
+  f->reproducible = true;
+  EXPECT_EQ(e.Step().seqs[0].num_tokens, 32);
+  ASSERT_TRUE(e.RunToCompletion(10));
+  e.ExpectOutputs();
+}
+
+TEST(SchedulerTest, PreemptedReproducibleSequenceReplaysItsOutputOneTokenAStep) {
+  SchedulerConfig c = SmallConfig();
+  c.num_blocks = 12;  // 48 tokens for two sequences growing to 36 tokens each
+  FakeEngine e(c);
+  Sequence* a = e.Add(Prompt(6), 30);
+  Sequence* b = e.Add(Prompt(6, 100), 30);
+  b->reproducible = true;
+  int32_t generated_at_preemption = -1;
+  std::vector<StepPlan> after;  // b's entries from its re-admission on
+  for (int step = 0; step < 200 && e.sched().has_unfinished(); ++step) {
+    const int32_t generated = b->num_output_tokens();
+    StepPlan plan = e.Step();
+    if (plan.num_preempted > 0 && b->status == SequenceStatus::kWaiting) {
+      generated_at_preemption = generated;
+      after.clear();
+    }
+    if (generated_at_preemption < 0) continue;
+    for (const ScheduledSequence& s : plan.seqs) {
+      if (s.seq == b && after.size() <= static_cast<size_t>(generated_at_preemption)) {
+        after.push_back(StepPlan{{s}});
+      }
+    }
+  }
+  ASSERT_FALSE(e.sched().has_unfinished());
+  ASSERT_GT(generated_at_preemption, 1) << "b was meant to be preempted after some tokens";
+  ASSERT_EQ(after.size(), static_cast<size_t>(generated_at_preemption) + 1);
+  // The prompt in one chunk, then each generated token on its own, sampling only at the end.
+  EXPECT_EQ(after[0].seqs[0].context_len, 0);
+  EXPECT_EQ(after[0].seqs[0].num_tokens, 6);
+  EXPECT_FALSE(after[0].seqs[0].sample);
+  for (size_t i = 1; i < after.size(); ++i) {
+    EXPECT_EQ(after[i].seqs[0].context_len, 6 + static_cast<int32_t>(i) - 1);
+    EXPECT_EQ(after[i].seqs[0].num_tokens, 1);
+    EXPECT_EQ(after[i].seqs[0].sample, i + 1 == after.size());
+  }
+  EXPECT_EQ(a->status, SequenceStatus::kFinishedLength);
+  e.ExpectOutputs();
+  e.ExpectPoolReleased();
 }
 
 TEST(SchedulerTest, AbortReturnsEveryBlockAndSlot) {

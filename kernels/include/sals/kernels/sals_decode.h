@@ -1,4 +1,4 @@
-// The SALS decode step of one sparse layer (SALS.md), one new token per sequence:
+// The SALS decode step of one sparse layer (docs/SALS.md), one new token per sequence:
 //   1. SalsLatentQuery: q~ = U[:, :score_dims]^T (query heads of each GQA group summed, pre-RoPE).
 //   2. SalsLatentScores: score[m] = q~ . latent[:score_dims] of every middle token.
 //   3. SalsTopK: the topk largest scores (radix select; ties go to the smaller position, as
