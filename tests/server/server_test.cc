@@ -779,5 +779,182 @@ TEST(ServerTest, BackendFailureEndsStreamsWithAnErrorAndHealthNotServing) {
   EXPECT_EQ(later.status.error_code(), grpc::StatusCode::UNAVAILABLE);
 }
 
+// A connection to the metrics port that says nothing (half-open, or a slow scraper).
+int OpenSilentConnection(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  return fd;
+}
+
+// Silent connections hold an HTTP worker each until the request timeout: with workers to spare,
+// or with every worker held, /metrics still answers (it used to wait 30 s with two).
+TEST(ServerTest, SilentMetricsConnectionsDoNotBlockMetrics) {
+  ServerConfig config = TestConfig("llama2-mha");
+  config.metrics_threads = 2;
+  config.metrics_request_timeout_ms = 300;
+  Server s(config);
+  ASSERT_TRUE(s.Start().ok());
+  std::vector<int> silent;
+  for (int i = 0; i < 4; ++i) silent.push_back(OpenSilentConnection(s.server().metrics_port()));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // let the workers take them
+  const std::string page = FetchMetrics(s.server().metrics_port(), std::chrono::seconds(15));
+  EXPECT_NE(page.find("sals:num_requests_running"), std::string::npos)
+      << "no /metrics within 15 s while silent connections were open";
+  for (int fd : silent) close(fd);
+
+  ServerConfig many = TestConfig("llama2-mha");
+  many.metrics_threads = 6;
+  many.metrics_request_timeout_ms = 120000;  // they are never dropped: spare workers answer
+  Server t(many);
+  ASSERT_TRUE(t.Start().ok());
+  silent.clear();
+  for (int i = 0; i < 4; ++i) silent.push_back(OpenSilentConnection(t.server().metrics_port()));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  const std::string page2 = FetchMetrics(t.server().metrics_port(), std::chrono::seconds(15));
+  EXPECT_NE(page2.find("sals:num_requests_running"), std::string::npos)
+      << "no /metrics within 15 s with 4 silent connections and 6 workers";
+  for (int fd : silent) close(fd);
+}
+
+std::string WriteTempFile(const std::string& name, const std::string& text) {
+  const std::string path = ::testing::TempDir() + "/" + name;
+  std::FILE* f = std::fopen(path.c_str(), "w");
+  EXPECT_NE(f, nullptr) << path;
+  if (f != nullptr) {
+    std::fputs(text.c_str(), f);
+    std::fclose(f);
+  }
+  return path;
+}
+
+std::string ReadFixture(const std::string& name) {
+  std::FILE* f = std::fopen((std::string(SALS_FIXTURES_DIR) + "/tls/" + name).c_str(), "r");
+  EXPECT_NE(f, nullptr) << name;
+  std::string text;
+  char buf[4096];
+  for (size_t n; f != nullptr && (n = std::fread(buf, 1, sizeof(buf), f)) > 0;) text.append(buf, n);
+  if (f != nullptr) std::fclose(f);
+  return text;
+}
+
+// With auth.tokens_file, Generation's calls need a client's bearer token (UNAUTHENTICATED
+// otherwise, counted as such); health stays open for probes.
+TEST(ServerTest, BearerTokensGuardGenerationAndLeaveHealthOpen) {
+  ServerConfig config = TestConfig("llama2-mha");
+  config.auth_tokens_file = WriteTempFile("tokens.txt", "alice token-a\nbob token-b\n");
+  Server s(config);
+  ASSERT_TRUE(s.Start().ok());
+  EXPECT_EQ(testing::Health(s.channel()), HealthCheckResponse::SERVING);
+  EXPECT_EQ(testing::Health(s.channel(), "sals.v1.Generation"), HealthCheckResponse::SERVING);
+  const v1::GenerateRequest r = GreedyIds({1, 2, 3}, 2);
+  for (const std::string token : {"", "token-c", "token-a2"}) {
+    StreamResult refused = RunStream(s.stub(), r, std::chrono::seconds(60), {}, token);
+    EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::UNAUTHENTICATED) << token;
+    EXPECT_TRUE(refused.tokens.empty());
+  }
+  grpc::ClientContext info_context;
+  v1::GetModelInfoResponse info;
+  EXPECT_EQ(s.stub().GetModelInfo(&info_context, {}, &info).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  StreamResult served = RunStream(s.stub(), r, std::chrono::seconds(60), {}, "token-b");
+  EXPECT_TRUE(served.status.ok()) << served.status.error_message();
+  EXPECT_EQ(served.tokens.size(), 2u);
+  EXPECT_EQ(s.Metrics()["sals:request_rejected_total{code=\"UNAUTHENTICATED\"}"], 3);
+}
+
+// server.max_streams_per_client: one client cannot hold more streams than that at once.
+TEST(ServerTest, StreamsInFlightAreLimitedPerClient) {
+  ServerConfig config = TestConfig("llama2-mha");
+  config.max_streams_per_client = 1;
+  config.engine.num_blocks = 1024;
+  Server s(config);
+  ASSERT_TRUE(s.Start().ok());
+  std::atomic<bool> started{false}, stop{false};
+  StreamResult first;
+  std::thread client([&] {
+    first = RunStream(s.stub(), GreedyIds({1, 5, 9}, 1500), std::chrono::seconds(120),
+                      [&](grpc::ClientContext& context, const v1::GenerateChunk&) {
+                        started = true;
+                        if (stop) context.TryCancel();
+                      });
+  });
+  ASSERT_TRUE(testing::WaitUntil([&] { return started.load(); }));
+  StreamResult second = RunStream(s.stub(), GreedyIds({1, 2}, 2));
+  stop = true;
+  client.join();
+  EXPECT_EQ(second.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(second.status.error_message().find("max_streams_per_client"), std::string::npos)
+      << second.status.error_message();
+  // Once the first is over, the client may stream again.
+  StreamResult third;
+  EXPECT_TRUE(testing::WaitUntil([&] {
+    third = RunStream(s.stub(), GreedyIds({1, 2}, 2));
+    return third.status.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED;
+  }));
+  EXPECT_TRUE(third.status.ok()) << third.status.error_message();
+}
+
+// server.max_receive_message_bytes bounds what gRPC reads of one request.
+TEST(ServerTest, RequestsOverTheMessageLimitAreRefusedByGrpc) {
+  ServerConfig config = TestConfig("llama2-mha");
+  config.max_receive_message_bytes = 4096;
+  Server s(config);
+  ASSERT_TRUE(s.Start().ok());
+  std::vector<uint32_t> ids(3000, 1000);  // two bytes each
+  StreamResult refused = RunStream(s.stub(), GreedyIds(ids, 2));
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << refused.status.error_message();
+  StreamResult ok = RunStream(s.stub(), GreedyIds({1, 2, 3}, 2));
+  EXPECT_TRUE(ok.status.ok()) << ok.status.error_message();
+}
+
+// TLS with gRPC's credentials; with tls.require_client_cert only clients holding a certificate
+// the CA signed get in.
+TEST(ServerTest, TlsServesAndCanRequireClientCertificates) {
+  const std::string fixtures = std::string(SALS_FIXTURES_DIR) + "/tls/";
+  ServerConfig config = TestConfig("llama2-mha");
+  config.tls_cert_file = fixtures + "server.pem";
+  config.tls_key_file = fixtures + "server.key";
+  Server s(config);
+  ASSERT_TRUE(s.server().Start().ok());
+  const std::string target = "localhost:" + std::to_string(s.server().grpc_port());
+  auto get_info = [&](const std::shared_ptr<grpc::ChannelCredentials>& credentials) {
+    auto stub = v1::Generation::NewStub(grpc::CreateChannel(target, credentials));
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    v1::GetModelInfoResponse info;
+    return stub->GetModelInfo(&context, {}, &info);
+  };
+  grpc::SslCredentialsOptions trust;
+  trust.pem_root_certs = ReadFixture("ca.pem");
+  EXPECT_TRUE(get_info(grpc::SslCredentials(trust)).ok());
+  EXPECT_FALSE(get_info(grpc::InsecureChannelCredentials()).ok());
+
+  ServerConfig mutual = config;
+  mutual.tls_client_ca_file = fixtures + "ca.pem";
+  mutual.tls_require_client_cert = true;
+  Server m(mutual);
+  ASSERT_TRUE(m.server().Start().ok());
+  const std::string mutual_target = "localhost:" + std::to_string(m.server().grpc_port());
+  auto get_info_m = [&](const grpc::SslCredentialsOptions& options) {
+    auto stub =
+        v1::Generation::NewStub(grpc::CreateChannel(mutual_target, grpc::SslCredentials(options)));
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    v1::GetModelInfoResponse info;
+    return stub->GetModelInfo(&context, {}, &info);
+  };
+  EXPECT_FALSE(get_info_m(trust).ok()) << "a client without a certificate got in";
+  grpc::SslCredentialsOptions with_cert = trust;
+  with_cert.pem_private_key = ReadFixture("client.key");
+  with_cert.pem_cert_chain = ReadFixture("client.pem");
+  const grpc::Status status = get_info_m(with_cert);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+}
+
 }  // namespace
 }  // namespace sals
