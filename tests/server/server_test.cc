@@ -921,7 +921,7 @@ TEST(ServerTest, TlsServesAndCanRequireClientCertificates) {
   config.tls_key_file = fixtures + "server.key";
   Server s(config);
   ASSERT_TRUE(s.server().Start().ok());
-  const std::string target = "localhost:" + std::to_string(s.server().grpc_port());
+  const std::string target = "127.0.0.1:" + std::to_string(s.server().grpc_port());
   auto get_info = [&](const std::shared_ptr<grpc::ChannelCredentials>& credentials) {
     auto stub = v1::Generation::NewStub(grpc::CreateChannel(target, credentials));
     grpc::ClientContext context;
@@ -939,7 +939,7 @@ TEST(ServerTest, TlsServesAndCanRequireClientCertificates) {
   mutual.tls_require_client_cert = true;
   Server m(mutual);
   ASSERT_TRUE(m.server().Start().ok());
-  const std::string mutual_target = "localhost:" + std::to_string(m.server().grpc_port());
+  const std::string mutual_target = "127.0.0.1:" + std::to_string(m.server().grpc_port());
   auto get_info_m = [&](const grpc::SslCredentialsOptions& options) {
     auto stub =
         v1::Generation::NewStub(grpc::CreateChannel(mutual_target, grpc::SslCredentials(options)));
