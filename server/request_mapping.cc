@@ -104,7 +104,16 @@ absl::StatusOr<GenerationRequest> ToGenerationRequest(const v1::GenerateRequest&
                          " (the context of ", engine.info().max_model_len, " tokens of at most ",
                          engine.info().max_token_bytes, " bytes each)"));
       }
-      r.prompt = engine.tokenizer()->Encode(request.text(), /*add_bos=*/true);
+      {
+        // Tokenizing stops once the text is past the context limit (for tokenizers that can).
+        const size_t limit = static_cast<size_t>(engine.info().max_model_len);
+        r.prompt = engine.tokenizer()->EncodeAtMost(request.text(), /*add_bos=*/true, limit);
+        if (r.prompt.size() > limit) {
+          return absl::InvalidArgumentError(absl::StrCat("text: more than ", limit,
+                                                         " tokens, the context limit (",
+                                                         request.text().size(), " bytes)"));
+        }
+      }
       break;
     case v1::GenerateRequest::kTokenIds: {
       const int vocab = engine.info().config.vocab_size;

@@ -625,8 +625,17 @@ TEST(ServerTest, OversizedTextIsRefusedUnread) {
                 absl::StrCat("text: ", limit + 1, " bytes, at most ", limit)),
             std::string::npos)
       << refused.status.error_message();
-  // A text of the longest token repeated up to the limit is within bounds, and its tokens
-  // cannot number more than the context: what is refused could never have fit.
+  // Within the byte bound but past the context in tokens: refused once tokenizing passes it.
+  const int max_len = s.server().engine()->info().max_model_len;
+  std::string words;
+  for (int i = 0; i < max_len + 50; ++i) words += " hello";
+  ASSERT_LE(static_cast<int64_t>(words.size()), limit);
+  r.set_text(words);
+  StreamResult too_many = RunStream(s.stub(), r);
+  EXPECT_EQ(too_many.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(too_many.status.error_message().find(absl::StrCat("text: more than ", max_len)),
+            std::string::npos)
+      << too_many.status.error_message();
   v1::GenerateRequest fits = GreedyIds({}, 2);
   fits.set_text("Hello there.");
   StreamResult served = RunStream(s.stub(), fits);

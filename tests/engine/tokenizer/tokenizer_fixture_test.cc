@@ -174,6 +174,25 @@ TEST_P(TokenizerFixtureTest, EncodeThroughput) {
   }
 }
 
+// EncodeAtMost: a result within the limit is Encode's; past it, a prefix of Encode's, and the
+// byte-level BPE (llama31-bpe) stops early instead of merging the whole text.
+TEST_P(TokenizerFixtureTest, EncodeAtMostStopsPastTheLimit) {
+  std::string text;
+  for (int round = 0; round < 200; ++round) {
+    for (const nlohmann::json& c : cases_["cases"]) text += c["text"].get<std::string>() + "\n";
+  }
+  const std::vector<int32_t> full = tokenizer_->Encode(text, true);
+  ASSERT_GT(full.size(), 1000u);
+  EXPECT_EQ(tokenizer_->EncodeAtMost(text, true, full.size()), full);
+  const std::vector<int32_t> cut = tokenizer_->EncodeAtMost(text, true, 100);
+  ASSERT_GT(cut.size(), 100u);
+  ASSERT_LE(cut.size(), full.size());
+  EXPECT_TRUE(std::equal(cut.begin(), cut.end(), full.begin()));
+  if (GetParam() == "llama31-bpe") {
+    EXPECT_LT(cut.size(), full.size() / 4);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Flavours, TokenizerFixtureTest,
                          ::testing::ValuesIn(::sals::testing::TokenizerFlavours()),
                          [](const auto& info) {
