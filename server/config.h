@@ -23,6 +23,7 @@ struct ServerConfig {
   int max_streams_per_client = 0;           // Generate streams in flight per client; 0 = no limit
   int metrics_threads = 8;                  // HTTP worker threads of the metrics endpoint
   int metrics_request_timeout_ms = 5000;    // an HTTP client that sends nothing is dropped then
+  bool reflection = true;  // gRPC server reflection (open to all, like grpc.health.v1)
 
   std::string log_level = "info";   // debug, info, warning, error
   std::string log_format = "text";  // text or json (JSON lines)
@@ -34,7 +35,7 @@ struct ServerConfig {
   bool tls_require_client_cert = false;  // with client_ca_file: refuse clients without a valid one
 
   // Bearer-token authentication of sals.v1.Generation: on when tokens_file is set ("NAME TOKEN"
-  // per line). grpc.health.v1 and reflection stay open (probes carry no token).
+  // per line). grpc.health.v1 stays open (probes carry no token), reflection while it is on.
   std::string auth_tokens_file;
 };
 

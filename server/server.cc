@@ -2,7 +2,9 @@
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/impl/server_builder_option.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <thread>
@@ -17,6 +19,33 @@
 namespace sals {
 
 void ServerLog(const std::string& message) { Log(LogLevel::kInfo, message); }
+
+namespace {
+
+// Server reflection on this server or not, as its config says: linking gRPC's reflection library
+// registers its plugin for every server the process builds, so here it is dropped, or added
+// where it is missing.
+class ReflectionOption : public grpc::ServerBuilderOption {
+ public:
+  explicit ReflectionOption(bool enabled) : enabled_(enabled) {}
+  void UpdateArguments(grpc::ChannelArguments* /*args*/) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins) override {
+    const std::string name = grpc::reflection::ProtoServerReflectionPlugin().name();
+    const auto is_reflection = [&](const std::unique_ptr<grpc::ServerBuilderPlugin>& p) {
+      return p->name() == name;
+    };
+    if (!enabled_) {
+      std::erase_if(*plugins, is_reflection);
+    } else if (std::none_of(plugins->begin(), plugins->end(), is_reflection)) {
+      plugins->push_back(std::make_unique<grpc::reflection::ProtoServerReflectionPlugin>());
+    }
+  }
+
+ private:
+  bool enabled_;
+};
+
+}  // namespace
 
 // The engine's observer: passes everything to the metrics, and takes the server out of service
 // when the engine fails (a backend error does not recover: Kubernetes should restart the pod).
@@ -96,9 +125,9 @@ absl::Status SalsServer::Listen() {
   if (!credentials.ok()) return credentials.status();
 
   grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   service_ = std::make_unique<GenerationService>(std::move(options), metrics_.get());
   grpc::ServerBuilder builder;
+  builder.SetOption(std::make_unique<ReflectionOption>(config_.reflection));
   builder.AddListeningPort(config_.listen, *credentials, &grpc_port_);
   builder.SetMaxReceiveMessageSize(config_.max_receive_message_bytes);
   builder.RegisterService(service_.get());

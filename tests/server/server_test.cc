@@ -12,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -963,6 +964,51 @@ TEST(ServerTest, TlsServesAndCanRequireClientCertificates) {
   with_cert.pem_cert_chain = ReadFixture("client.pem");
   const grpc::Status status = get_info_m(with_cert);
   EXPECT_TRUE(status.ok()) << status.error_message();
+}
+
+// Reflection answers unless server.reflection turns it off (it needs no token, so that is how a
+// deployer keeps the schema private).
+TEST(ServerTest, ReflectionFollowsTheConfig) {
+  auto list_services = [](const std::shared_ptr<grpc::Channel>& channel) {
+    grpc::GenericStub generic(channel);
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    const std::string list("\x3a\x00", 2);  // ServerReflectionRequest{list_services: ""}
+    grpc::Slice slice(list);
+    grpc::ByteBuffer request(&slice, 1);
+    grpc::ByteBuffer response;
+    std::mutex mu;
+    std::condition_variable cv;
+    std::optional<grpc::Status> status;
+    generic.UnaryCall(&context, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                      grpc::StubOptions(), &request, &response, [&](grpc::Status st) {
+                        std::lock_guard<std::mutex> lock(mu);
+                        status = st;
+                        cv.notify_all();
+                      });
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait_for(lock, std::chrono::seconds(60), [&] { return status.has_value(); });
+    std::vector<grpc::Slice> slices;
+    std::string body;
+    if (status && status->ok() && response.Dump(&slices).ok()) {
+      for (const grpc::Slice& part : slices) {
+        body.append(reinterpret_cast<const char*>(part.begin()), part.size());
+      }
+    }
+    return std::make_pair(status.value_or(grpc::Status(grpc::StatusCode::UNKNOWN, "no answer")),
+                          body);
+  };
+  Server on(TestConfig("llama2-mha"));
+  ASSERT_TRUE(on.Start().ok());
+  const auto [on_status, services] = list_services(on.channel());
+  EXPECT_TRUE(on_status.ok()) << on_status.error_message();
+  EXPECT_NE(services.find("sals.v1.Generation"), std::string::npos);
+
+  ServerConfig config = TestConfig("llama2-mha");
+  config.reflection = false;
+  Server off(config);
+  ASSERT_TRUE(off.Start().ok());
+  EXPECT_EQ(list_services(off.channel()).first.error_code(), grpc::StatusCode::UNIMPLEMENTED);
 }
 
 }  // namespace
