@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "server/log.h"
 
 namespace sals {
 namespace {
@@ -81,7 +82,20 @@ Schema MakeSchema(ServerConfig* c) {
        {{"listen", Field(&c->listen)},
         {"metrics_listen", Field(&c->metrics_listen)},
         {"shutdown_grace_seconds", Field(&c->shutdown_grace_seconds)},
-        {"default_max_tokens", Field(&c->default_max_tokens)}}},
+        {"default_max_tokens", Field(&c->default_max_tokens)},
+        {"tokenizer_threads", Field(&c->tokenizer_threads)},
+        {"max_receive_message_bytes", Field(&c->max_receive_message_bytes)},
+        {"max_streams_per_client", Field(&c->max_streams_per_client)},
+        {"metrics_threads", Field(&c->metrics_threads)},
+        {"metrics_request_timeout_ms", Field(&c->metrics_request_timeout_ms)},
+        {"reflection", Field(&c->reflection)}}},
+      {"logging", {{"level", Field(&c->log_level)}, {"format", Field(&c->log_format)}}},
+      {"tls",
+       {{"cert_file", Field(&c->tls_cert_file)},
+        {"key_file", Field(&c->tls_key_file)},
+        {"client_ca_file", Field(&c->tls_client_ca_file)},
+        {"require_client_cert", Field(&c->tls_require_client_cert)}}},
+      {"auth", {{"tokens_file", Field(&c->auth_tokens_file)}}},
   };
 }
 
@@ -130,6 +144,28 @@ absl::Status CheckRanges(const ServerConfig& c, std::string_view source) {
   }
   if (!(c.shutdown_grace_seconds >= 0)) return bad("server.shutdown_grace_seconds", "must be >= 0");
   if (c.default_max_tokens < 1) return bad("server.default_max_tokens", "must be positive");
+  if (c.tokenizer_threads < 1) return bad("server.tokenizer_threads", "must be positive");
+  if (c.max_receive_message_bytes < 1024) {
+    return bad("server.max_receive_message_bytes", "must be at least 1024");
+  }
+  if (c.max_streams_per_client < 0) return bad("server.max_streams_per_client", "must be >= 0");
+  if (c.metrics_threads < 1) return bad("server.metrics_threads", "must be positive");
+  if (c.metrics_request_timeout_ms < 1) {
+    return bad("server.metrics_request_timeout_ms", "must be positive");
+  }
+  if (!ParseLogLevel(c.log_level).ok()) {
+    return bad("logging.level", "must be debug, info, warning or error");
+  }
+  if (!ParseLogFormat(c.log_format).ok()) return bad("logging.format", "must be text or json");
+  if (c.tls_cert_file.empty() != c.tls_key_file.empty()) {
+    return bad("tls.cert_file", "and tls.key_file must be set together");
+  }
+  if (!c.tls_client_ca_file.empty() && c.tls_cert_file.empty()) {
+    return bad("tls.client_ca_file", "needs tls.cert_file and tls.key_file");
+  }
+  if (c.tls_require_client_cert && c.tls_client_ca_file.empty()) {
+    return bad("tls.require_client_cert", "needs tls.client_ca_file");
+  }
   return absl::OkStatus();
 }
 

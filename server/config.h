@@ -18,6 +18,25 @@ struct ServerConfig {
   std::string metrics_listen = "0.0.0.0:9464";
   double shutdown_grace_seconds = 30.0;
   int default_max_tokens = 256;
+  int tokenizer_threads = 2;                // text prompts are tokenized here, off gRPC's threads
+  int max_receive_message_bytes = 4 << 20;  // gRPC's limit on one request message
+  int max_streams_per_client = 0;           // Generate streams in flight per client; 0 = no limit
+  int metrics_threads = 8;                  // HTTP worker threads of the metrics endpoint
+  int metrics_request_timeout_ms = 5000;    // an HTTP client that sends nothing is dropped then
+  bool reflection = true;  // gRPC server reflection (open to all, like grpc.health.v1)
+
+  std::string log_level = "info";   // debug, info, warning, error
+  std::string log_format = "text";  // text or json (JSON lines)
+
+  // TLS: on when cert_file and key_file are set (PEM files).
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  std::string tls_client_ca_file;  // PEM CAs of client certificates; set: clients may present one
+  bool tls_require_client_cert = false;  // with client_ca_file: refuse clients without a valid one
+
+  // Bearer-token authentication of sals.v1.Generation: on when tokens_file is set ("NAME TOKEN"
+  // per line). grpc.health.v1 stays open (probes carry no token), reflection while it is on.
+  std::string auth_tokens_file;
 };
 
 ServerConfig DefaultServerConfig();

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "server/config.h"
+#include "server/log.h"
 #include "server/server.h"
 #include "tools/common/flag_names.h"
 
@@ -54,13 +55,14 @@ int Run() {
 
   auto config = LoadServerConfig(absl::GetFlag(FLAGS_config), Overrides());
   if (!config.ok()) {
-    ServerLog(absl::StrCat("config error: ", config.status().message()));
+    Log(LogLevel::kError, absl::StrCat("config error: ", config.status().message()));
     return 2;
   }
+  ConfigureLogging(*ParseLogLevel(config->log_level), *ParseLogFormat(config->log_format));
   ServerLog("effective config:\n" + ConfigToYaml(*config));
   SalsServer server(*config);
   if (absl::Status s = server.Start(); !s.ok()) {
-    ServerLog(std::string(s.message()));
+    Log(LogLevel::kError, std::string(s.message()));
     return 1;
   }
   int signal_number = 0;

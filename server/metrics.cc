@@ -135,9 +135,13 @@ void ServerMetrics::SetEngineInfo(const EngineInfo& info) {
   OnStep(stats);
 }
 
-absl::Status ServerMetrics::StartExposer(const std::string& address) {
+absl::Status ServerMetrics::StartExposer(const std::string& address, int threads,
+                                         int request_timeout_ms) {
   try {
-    exposer_ = std::make_unique<prometheus::Exposer>(address);
+    // civetweb's options; its default request timeout is 30 s, with 2 workers.
+    exposer_ = std::make_unique<prometheus::Exposer>(
+        std::vector<std::string>{"listening_ports", address, "num_threads", std::to_string(threads),
+                                 "request_timeout_ms", std::to_string(request_timeout_ms)});
   } catch (const std::exception& e) {
     return absl::UnavailableError(
         absl::StrCat("metrics exposer cannot listen on ", address, ": ", e.what()));

@@ -25,8 +25,11 @@ class ServerMetrics : public EngineObserver {
 
   // Static facts of the loaded engine (pool size, bytes per token).
   void SetEngineInfo(const EngineInfo& info);
-  // Serves /metrics on `address` (host:port). Errors when the port can't be bound.
-  absl::Status StartExposer(const std::string& address);
+  // Serves /metrics on `address` (host:port) with `threads` HTTP workers; a connection that has
+  // not sent its request within `request_timeout_ms` is dropped (so idle or half-open
+  // connections can't hold every worker). Errors when the port can't be bound.
+  absl::Status StartExposer(const std::string& address, int threads = 8,
+                            int request_timeout_ms = 5000);
   // The exposer's port (the bound one when the address asked for port 0).
   int port() const;
   const std::shared_ptr<prometheus::Registry>& registry() const { return registry_; }

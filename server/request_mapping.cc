@@ -56,15 +56,33 @@ absl::Status ApplyAttention(const v1::AttentionPolicy& a, const EngineInfo& info
     p.token_budget = static_cast<int>(std::min<uint32_t>(a.token_budget(), 1u << 30));
     if (!a.has_topk_fraction()) p.topk_fraction = 0.0;  // a budget alone sets k
   }
-  if (a.has_sink_tokens()) p.sink_tokens = static_cast<int>(std::min(a.sink_tokens(), 1u << 30));
+  // Windows beyond what the pool keeps exact are refused (by ValidateSalsPolicy); say so with the
+  // value sent rather than a clamped one.
+  if (a.has_sink_tokens()) {
+    if (a.sink_tokens() > static_cast<uint32_t>(sals->sink_tokens)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "attention.sink_tokens: ", a.sink_tokens(),
+          " exceeds the sink tokens the KV pool keeps exact (", sals->sink_tokens, ")"));
+    }
+    p.sink_tokens = static_cast<int>(a.sink_tokens());
+  }
   if (a.has_recent_tokens()) {
-    p.recent_tokens = static_cast<int>(std::min(a.recent_tokens(), 1u << 30));
+    if (a.recent_tokens() > static_cast<uint32_t>(sals->recent_tokens)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "attention.recent_tokens: ", a.recent_tokens(),
+          " exceeds the recent tokens the KV pool keeps exact (", sals->recent_tokens, ")"));
+    }
+    p.recent_tokens = static_cast<int>(a.recent_tokens());
   }
   out->policy = p;
   return absl::OkStatus();
 }
 
 }  // namespace
+
+int64_t MaxTextBytes(const EngineInfo& info) {
+  return static_cast<int64_t>(info.max_model_len) * std::max(1, info.max_token_bytes);
+}
 
 absl::StatusOr<GenerationRequest> ToGenerationRequest(const v1::GenerateRequest& request,
                                                       const Engine& engine,
@@ -78,24 +96,53 @@ absl::StatusOr<GenerationRequest> ToGenerationRequest(const v1::GenerateRequest&
             "text: this model has no tokenizer (synthetic weights); send token_ids");
       }
       if (request.text().empty()) return absl::InvalidArgumentError("text must not be empty");
-      r.prompt = engine.tokenizer()->Encode(request.text(), /*add_bos=*/true);
+      if (const int64_t limit = MaxTextBytes(engine.info());
+          static_cast<int64_t>(request.text().size()) > limit) {
+        // Refused unread: tokenizing megabytes would only find it too long.
+        return absl::InvalidArgumentError(
+            absl::StrCat("text: ", request.text().size(), " bytes, at most ", limit,
+                         " (the context of ", engine.info().max_model_len, " tokens of at most ",
+                         engine.info().max_token_bytes, " bytes each)"));
+      }
+      {
+        // Tokenizing stops once the text is past the context limit (for tokenizers that can).
+        const size_t limit = static_cast<size_t>(engine.info().max_model_len);
+        r.prompt = engine.tokenizer()->EncodeAtMost(request.text(), /*add_bos=*/true, limit);
+        if (r.prompt.size() > limit) {
+          return absl::InvalidArgumentError(absl::StrCat("text: more than ", limit,
+                                                         " tokens, the context limit (",
+                                                         request.text().size(), " bytes)"));
+        }
+      }
       break;
-    case v1::GenerateRequest::kTokenIds:
-      for (uint32_t id : request.token_ids().ids()) {
-        r.prompt.push_back(static_cast<int32_t>(std::min<uint32_t>(id, INT32_MAX)));
+    case v1::GenerateRequest::kTokenIds: {
+      const int vocab = engine.info().config.vocab_size;
+      const auto& ids = request.token_ids().ids();
+      for (int i = 0; i < ids.size(); ++i) {
+        // Checked here, where the value sent is still whole (as int32 it would be clamped).
+        if (ids[i] >= static_cast<uint32_t>(vocab)) {
+          return absl::InvalidArgumentError(absl::StrCat("token_ids: id ", ids[i], " at index ", i,
+                                                         " is outside the vocabulary [0, ", vocab,
+                                                         ")"));
+        }
+        r.prompt.push_back(static_cast<int32_t>(ids[i]));
       }
       if (r.prompt.empty()) return absl::InvalidArgumentError("token_ids must not be empty");
       break;
+    }
     default:
       return absl::InvalidArgumentError("prompt: set text or token_ids");
   }
   const v1::SamplingParams& s = request.sampling();
-  r.max_tokens = s.has_max_tokens()
-                     ? static_cast<int32_t>(std::min<uint32_t>(s.max_tokens(), INT32_MAX))
-                     : default_max_tokens;
   if (s.has_max_tokens() && s.max_tokens() == 0) {
     return absl::InvalidArgumentError("sampling.max_tokens must be at least 1");
   }
+  if (s.has_max_tokens() && s.max_tokens() > static_cast<uint32_t>(engine.info().max_model_len)) {
+    return absl::InvalidArgumentError(absl::StrCat("sampling.max_tokens: ", s.max_tokens(),
+                                                   " exceeds the context limit of ",
+                                                   engine.info().max_model_len, " tokens"));
+  }
+  r.max_tokens = s.has_max_tokens() ? static_cast<int32_t>(s.max_tokens()) : default_max_tokens;
   if (s.has_temperature()) r.sampling.temperature = s.temperature();
   if (s.has_top_k()) r.sampling.top_k = s.top_k();
   if (s.has_top_p()) r.sampling.top_p = s.top_p();
@@ -104,10 +151,21 @@ absl::StatusOr<GenerationRequest> ToGenerationRequest(const v1::GenerateRequest&
   if (s.has_frequency_penalty()) r.sampling.frequency_penalty = s.frequency_penalty();
   if (s.has_presence_penalty()) r.sampling.presence_penalty = s.presence_penalty();
   if (s.has_seed()) r.sampling.seed = s.seed();
-  if (s.has_logprobs()) r.sampling.logprobs = static_cast<int>(std::min(s.logprobs(), 1000u));
+  if (s.has_logprobs()) {
+    if (s.logprobs() > static_cast<uint32_t>(kMaxLogprobs)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("sampling.logprobs: ", s.logprobs(), ", at most ", kMaxLogprobs));
+    }
+    r.sampling.logprobs = static_cast<int>(s.logprobs());
+  }
   r.stop.assign(s.stop().begin(), s.stop().end());
+  const int vocab = engine.info().config.vocab_size;
   for (uint32_t id : s.stop_token_ids()) {
-    r.stop_token_ids.push_back(static_cast<int32_t>(std::min<uint32_t>(id, INT32_MAX)));
+    if (id >= static_cast<uint32_t>(vocab)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sampling.stop_token_ids: ", id, " is outside the vocabulary [0, ", vocab, ")"));
+    }
+    r.stop_token_ids.push_back(static_cast<int32_t>(id));
   }
   r.ignore_eos = s.ignore_eos();
   r.reproducible = request.reproducible();

@@ -8,6 +8,9 @@
 
 namespace sals {
 
+// The longest text prompt accepted, in bytes: the context limit times the longest token.
+int64_t MaxTextBytes(const EngineInfo& info);
+
 // Converts and checks what the engine can't know about (prompt form, policy presets against the
 // pool); the engine validates the rest. Messages name the proto field.
 absl::StatusOr<GenerationRequest> ToGenerationRequest(const v1::GenerateRequest& request,

@@ -60,6 +60,19 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineConfig& confi
   }
   auto model = LoadModel(config);
   if (!model.ok()) return model.status();
+  return Create(config, std::move(observer), std::move(*model));
+}
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineConfig& config,
+                                                       std::shared_ptr<EngineObserver> observer,
+                                                       LoadedModel loaded) {
+  if (config.max_num_batched_tokens < 1 || config.max_waiting_requests < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "scheduler.max_num_batched_tokens and scheduler.max_waiting_requests must be positive, "
+        "got ",
+        config.max_num_batched_tokens, " and ", config.max_waiting_requests));
+  }
+  auto* model = &loaded;
   if (config.max_model_len < 0 || config.max_model_len > model->config.max_position_embeddings) {
     return absl::InvalidArgumentError(absl::StrCat("scheduler.max_model_len must be in [0, ",
                                                    model->config.max_position_embeddings, "], got ",
@@ -87,7 +100,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineConfig& confi
   if (!scheduler.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("scheduler: ", scheduler.status().message()));
   }
-  std::unique_ptr<Engine> engine(new Engine(config, std::move(*model), std::move(observer)));
+  std::unique_ptr<Engine> engine(new Engine(config, std::move(loaded), std::move(observer)));
   engine->scheduler_ = std::move(*scheduler);
   engine->loop_ = std::thread([e = engine.get()] { e->Loop(); });
   return engine;
@@ -105,6 +118,13 @@ Engine::Engine(const EngineConfig& config, LoadedModel model,
   info_.max_num_seqs = config.max_num_seqs;
   info_.default_policy = config.default_policy;
   info_.backend = config.backend;
+  if (const Tokenizer* tok = model_.tokenizer.get(); tok != nullptr) {
+    for (int32_t id = 0; id < tok->vocab_size(); ++id) {
+      const int32_t bytes = static_cast<int32_t>(
+          std::max(tok->Decode({&id, 1}, false).size(), tok->IdToPiece(id).size()));
+      info_.max_token_bytes = std::max(info_.max_token_bytes, bytes);
+    }
+  }
 }
 
 Engine::~Engine() {
@@ -192,14 +212,17 @@ absl::Status Engine::Submit(GenerationRequest request, std::shared_ptr<RequestSi
   if (absl::Status s = Validate(request); !s.ok()) return s;
   const SalsPolicy policy = request.policy.value_or(config_.default_policy);
   std::lock_guard<std::mutex> lock(mu_);
+  if (!failure_.ok()) {
+    return absl::UnavailableError(
+        absl::StrCat("the engine failed (", failure_.message(), "); retry on another server"));
+  }
   if (!admitting_) return absl::UnavailableError("the server is shutting down");
   if (request.id.empty()) request.id = absl::StrCat("req-", next_id_);
   if (live_ids_.contains(request.id)) {
     return absl::AlreadyExistsError(
         absl::StrCat("a request with id '", request.id, "' is already running"));
   }
-  const int64_t waiting = static_cast<int64_t>(inbox_.size()) + num_waiting_;
-  if (waiting >= config_.max_waiting_requests) {
+  if (num_waiting_ >= config_.max_waiting_requests) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "the waiting queue is full (", config_.max_waiting_requests, " requests); retry later"));
   }
@@ -209,6 +232,7 @@ absl::Status Engine::Submit(GenerationRequest request, std::shared_ptr<RequestSi
   r->seq->reproducible = r->req.reproducible && model_.pool.format.sals.has_value();
   live_ids_[id] = r->seq->id;
   inbox_.push_back(std::move(r));
+  ++num_waiting_;
   cv_.notify_one();
   return absl::OkStatus();
 }
@@ -231,17 +255,25 @@ int32_t Engine::num_live() const {
   return static_cast<int32_t>(live_ids_.size());
 }
 
+absl::Status Engine::failure() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return failure_;
+}
+
 void Engine::Loop() {
   for (;;) {
     std::deque<std::unique_ptr<Request>> incoming;
     std::vector<uint64_t> aborted;
+    absl::Status failure;
     {
       std::unique_lock<std::mutex> lock(mu_);
       cv_.wait(lock, [&] {
         return stop_ || !inbox_.empty() || !aborts_.empty() || scheduler_->has_unfinished();
       });
       if (stop_) return;
+      // The inbox moves into the scheduler's waiting queue: num_waiting_ counted it already.
       incoming.swap(inbox_);
+      failure = failure_;
       for (const std::string& id : aborts_) {
         if (auto it = live_ids_.find(id); it != live_ids_.end()) aborted.push_back(it->second);
       }
@@ -250,6 +282,13 @@ void Engine::Loop() {
     for (auto& r : incoming) {
       Request& req = *r;
       requests_.emplace(req.seq->id, std::move(r));
+      if (!failure.ok()) {
+        // Submitted just before the backend failed: never started, so safe to retry elsewhere.
+        Complete(req, FinishReason::kAbort, "engine failed",
+                 absl::UnavailableError(absl::StrCat("the engine failed (", failure.message(),
+                                                     "); retry on another server")));
+        continue;
+      }
       if (absl::Status s = scheduler_->Add(req.seq.get()); !s.ok()) {
         Complete(req, FinishReason::kAbort, std::string(s.message()));
       }
@@ -273,7 +312,7 @@ void Engine::Loop() {
     }
     const int32_t waiting = scheduler_->stats().num_waiting;
     std::lock_guard<std::mutex> lock(mu_);
-    num_waiting_ = waiting;
+    num_waiting_ = waiting + static_cast<int64_t>(inbox_.size());
   }
 }
 
@@ -418,10 +457,12 @@ void Engine::HandleToken(Request& r, const SampleResult& sample) {
   Complete(r, *finish, std::move(stop_reason));
 }
 
-void Engine::Complete(Request& r, FinishReason reason, std::string stop_reason) {
+void Engine::Complete(Request& r, FinishReason reason, std::string stop_reason,
+                      absl::Status error) {
   const absl::Time now = absl::Now();
   Completion c;
   c.reason = reason;
+  c.error = std::move(error);
   c.stop_reason = std::move(stop_reason);
   c.prompt_tokens = r.seq->num_prompt_tokens;
   c.completion_tokens = r.seq->num_output_tokens();
@@ -446,11 +487,21 @@ void Engine::Complete(Request& r, FinishReason reason, std::string stop_reason) 
 }
 
 void Engine::FailAll(const absl::Status& status) {
-  // A backend failure leaves the cache in an unknown state: end every request with the reason.
+  // A backend failure leaves the cache (and a GPU context) in an unknown state: stop admitting,
+  // end every request with the error, and tell the observer, which takes the server out of
+  // service.
+  const absl::Status failure(status.code(), absl::StrCat("backend error: ", status.message()));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (failure_.ok()) failure_ = failure;
+    admitting_ = false;
+  }
+  if (observer_) observer_->OnEngineFailed(failure);
   for (auto& [id, r] : requests_) {
     if (r->done) continue;
     if (!r->seq->is_finished()) scheduler_->Abort(id).IgnoreError();
-    Complete(*r, FinishReason::kAbort, absl::StrCat("backend error: ", status.message()));
+    Complete(*r, FinishReason::kAbort, std::string(failure.message()),
+             absl::InternalError(std::string(failure.message())));
   }
 }
 

@@ -31,6 +31,9 @@ struct EngineInfo {
   int32_t max_num_seqs = 0;
   SalsPolicy default_policy;
   std::string backend;
+  // The most bytes one token's text has (0 without a tokenizer): a text of more than
+  // max_model_len * max_token_bytes bytes cannot fit the context, so it is refused unread.
+  int32_t max_token_bytes = 0;
 };
 
 class Engine {
@@ -38,6 +41,11 @@ class Engine {
   // Loads the model and starts the step loop. `observer` may be null.
   static absl::StatusOr<std::unique_ptr<Engine>> Create(const EngineConfig& config,
                                                         std::shared_ptr<EngineObserver> observer);
+  // The same over a model already loaded (LoadModel(config)), e.g. with a backend wrapped by the
+  // caller.
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(const EngineConfig& config,
+                                                        std::shared_ptr<EngineObserver> observer,
+                                                        LoadedModel model);
   // Aborts whatever is still in flight (each sink gets its OnComplete) and joins the loop.
   ~Engine();
   Engine(const Engine&) = delete;
@@ -51,7 +59,9 @@ class Engine {
   static constexpr size_t kMaxStopTokenIds = 1024;
 
   // Queues a request; its output goes to `sink`. InvalidArgument (see Validate), AlreadyExists
-  // (a live request has the id), ResourceExhausted (waiting queue full), Unavailable (draining).
+  // (a live request has the id), ResourceExhausted (waiting queue full: at most
+  // max_waiting_requests live requests are ever waiting, counted exactly at admission),
+  // Unavailable (draining, or the engine failed).
   absl::Status Submit(GenerationRequest request, std::shared_ptr<RequestSink> sink);
 
   // Aborts a waiting or running request; its blocks are free after the current step. False when
@@ -62,6 +72,11 @@ class Engine {
   void StopAdmitting();
   // Live requests (waiting or running).
   int32_t num_live() const;
+  // OK while the engine works; the backend error after one. A backend error leaves the KV cache
+  // (and on a GPU, often the device context) in an unknown state, so it does not recover: every
+  // request in flight ends with an Internal error, later ones are refused as Unavailable (retry
+  // on another server), and the observer hears of it once (OnEngineFailed).
+  absl::Status failure() const;
 
   const EngineInfo& info() const { return info_; }
   const Tokenizer* tokenizer() const { return model_.tokenizer.get(); }
@@ -77,7 +92,8 @@ class Engine {
   absl::Status RestoreSinks(const StepPlan& plan);
   // Handles one sampled token: stop checks, text, emission, completion.
   void HandleToken(Request& r, const SampleResult& sample);
-  void Complete(Request& r, FinishReason reason, std::string stop_reason);
+  void Complete(Request& r, FinishReason reason, std::string stop_reason,
+                absl::Status error = absl::OkStatus());
   void FailAll(const absl::Status& status);
   // Tells the observer where the pool and queues stand (after every step, and after aborts).
   void PublishStats(StepStats stats);
@@ -95,7 +111,11 @@ class Engine {
   std::vector<std::string> aborts_;
   // Request id -> sequence id, for queued and scheduled requests.
   absl::flat_hash_map<std::string, uint64_t> live_ids_;
-  int64_t num_waiting_ = 0;  // in the scheduler, as of the last step
+  // Live requests not running: the inbox plus the scheduler's waiting queue. Set from the
+  // scheduler after each step and raised as the inbox moves in, so it is never below the truth
+  // and admission never overshoots max_waiting_requests.
+  int64_t num_waiting_ = 0;
+  absl::Status failure_;  // set once, by FailAll
   bool admitting_ = true;
   bool stop_ = false;
   uint64_t next_id_ = 1;

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <optional>
 
+#include "absl/status/status.h"
 #include "engine/backend/backend.h"
 #include "engine/runtime/request.h"
 #include "engine/sched/block_manager.h"
@@ -32,6 +33,8 @@ class EngineObserver {
   virtual void OnTokens(int32_t count, double gap_ms) = 0;
   virtual void OnRequestFinished(const Completion& completion, double prefill_ms,
                                  double decode_ms) = 0;
+  // The backend failed and the engine stopped serving (Engine::failure()); called once.
+  virtual void OnEngineFailed(const absl::Status& /*status*/) {}
 };
 
 }  // namespace sals

@@ -7,6 +7,7 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "engine/sals/policy.h"
 #include "engine/sampling/sampler.h"
 
@@ -48,6 +49,9 @@ struct Completion {
   double ttft_ms = 0.0;   // arrival to first token
   double total_ms = 0.0;  // arrival to completion
   int32_t preemptions = 0;
+  // OK, or why the engine could not serve the request (reason kAbort): Internal for a request in
+  // flight when the backend failed, Unavailable for one the failed engine never started.
+  absl::Status error;
 };
 
 // Receives one request's output. Both calls run on the engine's step thread and must not block;

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <fstream>
+#include <limits>
 #include <mutex>
 #include <queue>
 #include <shared_mutex>
@@ -410,8 +411,11 @@ struct BpeTokenizer::Impl {
     if (start_offset < text.size()) out->push_back({start_offset, text.size(), -1});
   }
 
-  void RunSteps(std::string_view piece, size_t step, std::vector<int32_t>* ids) const {
-    if (piece.empty()) return;
+  // Pre-tokenizes and merges `piece`; once `ids` holds more than `limit` ids, the rest is
+  // skipped.
+  void RunSteps(std::string_view piece, size_t step, std::vector<int32_t>* ids,
+                size_t limit) const {
+    if (piece.empty() || ids->size() > limit) return;
     const PreTokenizerStep& s = steps[step];
     if (s.kind == PreTokenizerStep::Kind::kByteLevel) {
       std::string prefixed;
@@ -423,12 +427,13 @@ struct BpeTokenizer::Impl {
         Word(piece, ids);
         return;
       }
-      ForEachSplit(*s.regex, piece, /*invert=*/false, /*remove=*/false,
-                   [&](std::string_view w) { Word(w, ids); });
+      ForEachSplit(*s.regex, piece, /*invert=*/false, /*remove=*/false, [&](std::string_view w) {
+        if (ids->size() <= limit) Word(w, ids);
+      });
       return;
     }
     ForEachSplit(*s.regex, piece, s.invert, s.remove_matches,
-                 [&](std::string_view p) { RunSteps(p, step + 1, ids); });
+                 [&](std::string_view p) { RunSteps(p, step + 1, ids, limit); });
   }
 
   // HF's Split with behavior Isolated (each match and each gap is a piece) or Removed (gaps
@@ -927,6 +932,11 @@ void BpeTokenizer::SetSpecialIds(int32_t bos_id, std::vector<int32_t> eos_ids) {
 }
 
 std::vector<int32_t> BpeTokenizer::Encode(std::string_view text, bool add_bos) const {
+  return EncodeAtMost(text, add_bos, std::numeric_limits<size_t>::max());
+}
+
+std::vector<int32_t> BpeTokenizer::EncodeAtMost(std::string_view text, bool add_bos,
+                                                size_t max_tokens) const {
   const Impl& m = *impl_;
   std::string repaired;
   if (!IsValidUtf8(text)) {  // HF only sees Unicode strings; PCRE2 needs valid UTF-8
@@ -938,6 +948,7 @@ std::vector<int32_t> BpeTokenizer::Encode(std::string_view text, bool add_bos) c
   std::vector<Impl::Segment> outer, inner;
   m.FindAdded(text, m.raw_trie, &outer);
   for (const Impl::Segment& seg : outer) {
+    if (ids.size() > max_tokens) break;
     if (seg.added_index >= 0) {
       ids.push_back(m.added[seg.added_index].id);
       continue;
@@ -950,7 +961,7 @@ std::vector<int32_t> BpeTokenizer::Encode(std::string_view text, bool add_bos) c
       if (sub.added_index >= 0) {
         ids.push_back(m.added[sub.added_index].id);
       } else {
-        m.RunSteps(rest.substr(sub.begin, sub.end - sub.begin), 0, &ids);
+        m.RunSteps(rest.substr(sub.begin, sub.end - sub.begin), 0, &ids, max_tokens);
       }
     }
   }

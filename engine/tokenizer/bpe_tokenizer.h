@@ -42,6 +42,9 @@ class BpeTokenizer final : public Tokenizer {
   // add_bos applies the post-processor (TemplateProcessing "single"), as HF's
   // add_special_tokens=True does; without a template it adds nothing.
   std::vector<int32_t> Encode(std::string_view text, bool add_bos) const override;
+  // Stops merging once more than max_tokens ids are out (the pre-tokenizer's scan goes on).
+  std::vector<int32_t> EncodeAtMost(std::string_view text, bool add_bos,
+                                    size_t max_tokens) const override;
   std::string Decode(std::span<const int32_t> ids, bool skip_special) const override;
 
   int vocab_size() const override;

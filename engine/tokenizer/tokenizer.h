@@ -23,6 +23,14 @@ class Tokenizer {
   // (e.g. "<|eot_id|>") map to their ids for tokenizer.json models.
   virtual std::vector<int32_t> Encode(std::string_view text, bool add_bos) const = 0;
 
+  // Encode, free to stop once more than `max_tokens` ids are out: a result of at most
+  // max_tokens ids is Encode's, a longer one is a prefix of Encode's (a server refuses it
+  // without encoding the rest). The default encodes everything.
+  virtual std::vector<int32_t> EncodeAtMost(std::string_view text, bool add_bos,
+                                            size_t /*max_tokens*/) const {
+    return Encode(text, add_bos);
+  }
+
   // Text of `ids`, as HF's decode(ids, skip_special_tokens=skip_special) gives it.
   virtual std::string Decode(std::span<const int32_t> ids, bool skip_special) const = 0;
 

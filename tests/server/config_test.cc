@@ -64,6 +64,15 @@ TEST(ServerConfigTest, RejectsUnknownKeysAndBadValuesByName) {
   ExpectError("server: [1, 2]", "server");
   ExpectError("just a string", "map");
   ExpectError("model: {path: [unclosed", "bad.yaml");
+  ExpectError("logging: {level: loud}", "logging.level");
+  ExpectError("logging: {format: xml}", "logging.format");
+  ExpectError("server: {metrics_threads: 0}", "server.metrics_threads");
+  ExpectError("server: {metrics_request_timeout_ms: 0}", "server.metrics_request_timeout_ms");
+  ExpectError("server: {tokenizer_threads: 0}", "server.tokenizer_threads");
+  ExpectError("server: {max_streams_per_client: -1}", "server.max_streams_per_client");
+  ExpectError("server: {max_receive_message_bytes: 10}", "server.max_receive_message_bytes");
+  ExpectError("tls: {cert_file: a.pem}", "tls.cert_file");
+  ExpectError("tls: {require_client_cert: true}", "tls.require_client_cert");
 }
 
 TEST(ServerConfigTest, OverridesWinAndAreChecked) {

@@ -8,10 +8,12 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <functional>
 #include <map>
 #include <memory>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -26,20 +28,39 @@ struct StreamResult {
   int chunks = 0;
   bool has_complete = false;
   v1::GenerateComplete complete;
+  std::string request_id;  // the first one a response carried
+  int messages_with_id = 0;
 };
+
+// Polls `done` every few milliseconds until it holds or `timeout` passes; whether it held. Tests
+// wait with this, never without a bound, so that a failure fails instead of hanging.
+inline bool WaitUntil(const std::function<bool()>& done,
+                      std::chrono::milliseconds timeout = std::chrono::seconds(60)) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return true;
+}
 
 // Runs one Generate stream to its end. `on_chunk` (optional) sees each chunk as it arrives and
 // may cancel the call through the context it is given.
 inline StreamResult RunStream(
     v1::Generation::Stub& stub, const v1::GenerateRequest& request,
     std::chrono::milliseconds deadline = std::chrono::milliseconds(120000),
-    const std::function<void(grpc::ClientContext&, const v1::GenerateChunk&)>& on_chunk = {}) {
+    const std::function<void(grpc::ClientContext&, const v1::GenerateChunk&)>& on_chunk = {},
+    const std::string& bearer_token = "") {
   StreamResult r;
   grpc::ClientContext context;
+  if (!bearer_token.empty()) context.AddMetadata("authorization", "Bearer " + bearer_token);
   context.set_deadline(std::chrono::system_clock::now() + deadline);
   auto reader = stub.Generate(&context, request);
   v1::GenerateResponse response;
   while (reader->Read(&response)) {
+    if (!response.request_id().empty()) {
+      if (r.messages_with_id++ == 0) r.request_id = response.request_id();
+    }
     if (response.has_chunk()) {
       ++r.chunks;
       r.tokens.insert(r.tokens.end(), response.chunk().token_ids().begin(),
@@ -64,19 +85,33 @@ inline v1::GenerateRequest GreedyIds(const std::vector<uint32_t>& ids, uint32_t 
   return r;
 }
 
+// The health of `service` ("" = the whole server); UNKNOWN when the call fails, SERVICE_UNKNOWN
+// when the server does not know the name.
 inline grpc::health::v1::HealthCheckResponse::ServingStatus Health(
-    const std::shared_ptr<grpc::Channel>& channel) {
+    const std::shared_ptr<grpc::Channel>& channel, const std::string& service = "") {
   auto stub = grpc::health::v1::Health::NewStub(channel);
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service(service);
   grpc::health::v1::HealthCheckResponse response;
-  const grpc::Status s = stub->Check(&context, {}, &response);
+  const grpc::Status s = stub->Check(&context, request, &response);
+  if (s.error_code() == grpc::StatusCode::NOT_FOUND) {
+    return grpc::health::v1::HealthCheckResponse::SERVICE_UNKNOWN;
+  }
   return s.ok() ? response.status() : grpc::health::v1::HealthCheckResponse::UNKNOWN;
 }
 
-// GET /metrics over plain HTTP/1.0 on loopback; the body, or "" on failure.
-inline std::string FetchMetrics(int port) {
+// GET /metrics over plain HTTP/1.0 on loopback; the body, or "" on failure (nothing within
+// `timeout` included).
+inline std::string FetchMetrics(int port,
+                                std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  timeval tv{};
+  tv.tv_sec = static_cast<time_t>(timeout.count() / 1000);
+  tv.tv_usec = static_cast<suseconds_t>(timeout.count() % 1000 * 1000);
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_port = htons(static_cast<uint16_t>(port));

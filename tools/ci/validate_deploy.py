@@ -262,6 +262,36 @@ def check_consistency(docs):
     expect(liveness["periodSeconds"] * liveness["failureThreshold"] > grace,
            "liveness does not kill a pod that is draining (NOT_SERVING) within the grace")
 
+    # TLS and auth: their Secret volumes are mounted, optional (off until created), and any file
+    # the config names lies in one of them.
+    for name in ("tls", "auth"):
+        secret = volumes.get(name, {}).get("secret", {})
+        expect(secret.get("secretName") and secret.get("optional") is True and name in mounts,
+               f"the {name} Secret is mounted and optional (off until it exists)")
+    for key, path in [(f"{section}.{k}", v) for section in ("tls", "auth")
+                      for k, v in (config.get(section) or {}).items() if k.endswith("_file")]:
+        expect(any(str(path).startswith(mounts[n]["mountPath"].rstrip("/") + "/")
+                   for n in ("tls", "auth") if n in mounts),
+               f"{key} ({path}) lies in a mounted Secret")
+
+    # The NetworkPolicy: it selects the pods, admits the gRPC port, and admits the metrics port
+    # only from chosen sources.
+    policy = one(docs, "NetworkPolicy")
+    if failures:
+        return
+    expect(subset(policy["spec"]["podSelector"]["matchLabels"], pod_labels),
+           "the NetworkPolicy selects the pods")
+    rules = policy["spec"].get("ingress", [])
+
+    def admits(rule, port):
+        listed = rule.get("ports")
+        return not listed or any(p.get("port") in (port, ports.get(port)) for p in listed)
+
+    expect(any(admits(r, "grpc") for r in rules), "the NetworkPolicy admits the gRPC port")
+    metrics_rules = [r for r in rules if admits(r, "metrics")]
+    expect(metrics_rules and all(r.get("from") for r in metrics_rules),
+           "the NetworkPolicy admits the metrics port from chosen sources only")
+
 
 # ---- 3. alert rules ------------------------------------------------------------------------
 

@@ -19,17 +19,20 @@ class CollectingSink : public RequestSink {
     tokens_.insert(tokens_.end(), chunk.token_ids.begin(), chunk.token_ids.end());
     text_ += chunk.text;
     ++chunks_;
-    if (hold_at_ > 0 && tokens_.size() >= hold_at_ && !released_) {
+    while (hold_at_ > 0 && tokens_.size() >= hold_at_) {
       held_ = true;
       cv_.notify_all();
-      cv_.wait(lock, [&] { return released_; });
+      cv_.wait(lock);
     }
   }
-  // Once `tokens` tokens are in, OnChunk blocks the engine's step thread until Release(), so a
+  // Once `tokens` tokens are in, OnChunk blocks the engine's step thread until Release() or a
+  // later HoldAfter with more tokens (which lets it run on to that token and hold again), so a
   // test can act between two steps however fast the machine runs them.
   void HoldAfter(size_t tokens) {
     std::lock_guard<std::mutex> lock(mu_);
     hold_at_ = tokens;
+    held_ = false;
+    cv_.notify_all();
   }
   // Whether the hold was reached within `timeout`.
   bool WaitHeld(std::chrono::seconds timeout = std::chrono::seconds(120)) {
@@ -38,7 +41,7 @@ class CollectingSink : public RequestSink {
   }
   void Release() {
     std::lock_guard<std::mutex> lock(mu_);
-    released_ = true;
+    hold_at_ = 0;
     cv_.notify_all();
   }
   void OnComplete(const Completion& completion) override {
@@ -76,7 +79,6 @@ class CollectingSink : public RequestSink {
   std::optional<Completion> completion_;
   size_t hold_at_ = 0;  // 0: never hold
   bool held_ = false;
-  bool released_ = false;
 };
 
 }  // namespace sals::testing

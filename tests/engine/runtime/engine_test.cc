@@ -3,12 +3,14 @@
 #include "engine/runtime/engine.h"
 
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "tests/engine/backend/fixture_models.h"
 #include "tests/engine/runtime/collecting_sink.h"
+#include "tests/engine/runtime/failing_backend.h"
 
 namespace sals {
 namespace {
@@ -215,6 +217,95 @@ TEST(EngineTest, FullWaitingQueueIsResourceExhausted) {
     if (s.code() == absl::StatusCode::kResourceExhausted) ++exhausted;
   }
   EXPECT_GT(exhausted, 0);
+}
+
+// The admission count is exact: requests that moved from the inbox into the scheduler still
+// count as waiting during the step that follows (the count used to be refreshed only after each
+// step, so a request submitted during that step saw an empty queue and overshot the limit).
+TEST(EngineTest, WaitingQueueLimitIsExactDuringASteps) {
+  EngineConfig config = DenseConfig("llama2-mha");
+  config.max_waiting_requests = 2;
+  config.max_num_seqs = 1;
+  auto engine = MakeEngine(config);
+  ASSERT_NE(engine, nullptr);
+  auto running = std::make_shared<CollectingSink>();
+  running->HoldAfter(2);
+  ASSERT_TRUE(engine->Submit(Greedy({1, 2, 3}, 100), running).ok());
+  ASSERT_TRUE(running->WaitHeld());
+  // Held inside the step that made token 2: these two wait in the inbox.
+  std::vector<std::shared_ptr<CollectingSink>> sinks;
+  for (int i = 0; i < 2; ++i) {
+    sinks.push_back(std::make_shared<CollectingSink>());
+    ASSERT_TRUE(engine->Submit(Greedy({1, 2, 3}, 4), sinks.back()).ok()) << i;
+  }
+  // The next step moves them into the scheduler (one sequence runs at a time, so they wait
+  // there); hold inside it.
+  running->HoldAfter(3);
+  ASSERT_TRUE(running->WaitHeld());
+  for (int i = 0; i < 3; ++i) {
+    auto extra = std::make_shared<CollectingSink>();
+    EXPECT_EQ(engine->Submit(Greedy({1, 2, 3}, 4), extra).code(),
+              absl::StatusCode::kResourceExhausted)
+        << "request " << i << " admitted past max_waiting_requests = 2";
+  }
+  running->Release();
+  auto done = running->Wait();
+  ASSERT_TRUE(done.has_value());
+  for (auto& sink : sinks) ASSERT_TRUE(sink->Wait().has_value());
+}
+
+class FailureObserver : public EngineObserver {
+ public:
+  void OnStep(const StepStats&) override {}
+  void OnTokens(int32_t, double) override {}
+  void OnRequestFinished(const Completion&, double, double) override {}
+  void OnEngineFailed(const absl::Status& status) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    failures_.push_back(status);
+  }
+  std::vector<absl::Status> failures() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return failures_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<absl::Status> failures_;
+};
+
+// A backend failure is not silent: requests in flight end with an Internal error naming it, the
+// observer hears of it once, and the engine refuses new work as Unavailable.
+TEST(EngineTest, BackendFailureEndsRequestsWithTheErrorAndStopsTheEngine) {
+  const EngineConfig config = DenseConfig("llama2-mha");
+  auto model = LoadModel(config);
+  ASSERT_TRUE(model.ok()) << model.status();
+  model->backend =
+      std::make_unique<testing::FailingBackend>(std::move(model->backend), /*fail_at=*/4);
+  auto observer = std::make_shared<FailureObserver>();
+  auto engine = Engine::Create(config, observer, std::move(*model));
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  std::vector<std::shared_ptr<CollectingSink>> sinks;
+  for (int i = 0; i < 3; ++i) {
+    sinks.push_back(std::make_shared<CollectingSink>());
+    ASSERT_TRUE((*engine)->Submit(Greedy({1, 2, 3 + i}, 50), sinks.back()).ok());
+  }
+  for (auto& sink : sinks) {
+    auto done = sink->Wait();
+    ASSERT_TRUE(done.has_value());
+    EXPECT_EQ(done->reason, FinishReason::kAbort);
+    EXPECT_EQ(done->error.code(), absl::StatusCode::kInternal) << done->error;
+    EXPECT_NE(done->error.message().find("injected device fault"), std::string::npos)
+        << done->error;
+    EXPECT_LT(sink->tokens().size(), 50u);
+  }
+  ASSERT_EQ(observer->failures().size(), 1u);
+  EXPECT_NE(observer->failures()[0].message().find("injected device fault"), std::string::npos);
+  EXPECT_FALSE((*engine)->failure().ok());
+  auto late = std::make_shared<CollectingSink>();
+  const absl::Status refused = (*engine)->Submit(Greedy({1, 2}, 4), late);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kUnavailable) << refused;
+  EXPECT_NE(refused.message().find("injected device fault"), std::string::npos) << refused;
+  EXPECT_EQ((*engine)->num_live(), 0);
 }
 
 }  // namespace

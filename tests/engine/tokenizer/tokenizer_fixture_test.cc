@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -135,27 +136,61 @@ TEST_P(TokenizerFixtureTest, IgnoresOutOfRangeIds) {
 }
 
 // Micro benchmark: encode ~100 KB of text (the fixture texts, repeated with a counter so the
-// word cache does not see only repeats) and print the rate.
+// word cache does not see only repeats) and print the rate. What it times must be right too:
+// every round gives the ids of the first (a warm cache changes nothing), their count is what the
+// text's bytes allow, and they decode to text holding every line's counter.
 TEST_P(TokenizerFixtureTest, EncodeThroughput) {
   std::string text;
+  std::vector<std::string> counters;
   for (int round = 0; text.size() < 100 * 1024; ++round) {
+    counters.push_back(std::to_string(round * 7919 % 100003));
     for (const nlohmann::json& c : cases_["cases"]) {
       text += c["text"].get<std::string>();
       text.push_back(' ');
-      text.append(std::to_string(round * 7919 % 100003));
+      text.append(counters.back());
       text.push_back('\n');
     }
   }
+  size_t longest_piece = 1;
+  for (int32_t id = 0; id < tokenizer_->vocab_size(); ++id) {
+    longest_piece = std::max(longest_piece, tokenizer_->Decode({&id, 1}, false).size());
+  }
   const auto start = std::chrono::steady_clock::now();
-  size_t tokens = 0;
   constexpr int kRounds = 3;
-  for (int i = 0; i < kRounds; ++i) tokens += tokenizer_->Encode(text, false).size();
+  std::vector<std::vector<int32_t>> rounds;
+  for (int i = 0; i < kRounds; ++i) rounds.push_back(tokenizer_->Encode(text, false));
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const size_t tokens = rounds[0].size();
   std::printf("[ bench    ] %s: encode %zu bytes x %d: %.0f tokens/s, %.1f MB/s\n",
-              GetParam().c_str(), text.size(), kRounds, tokens / seconds,
+              GetParam().c_str(), text.size(), kRounds, kRounds * tokens / seconds,
               kRounds * text.size() / seconds / 1e6);
-  EXPECT_GT(tokens, 0u);
+  for (int i = 1; i < kRounds; ++i) EXPECT_EQ(rounds[i], rounds[0]) << "round " << i;
+  EXPECT_GE(tokens * longest_piece, text.size()) << "fewer tokens than the bytes need";
+  EXPECT_LE(tokens, text.size()) << "more tokens than bytes";
+  const std::string decoded = tokenizer_->Decode(rounds[0], false);
+  for (const std::string& counter : counters) {
+    EXPECT_NE(decoded.find(" " + counter + "\n"), std::string::npos) << counter;
+  }
+}
+
+// EncodeAtMost: a result within the limit is Encode's; past it, a prefix of Encode's, and the
+// byte-level BPE (llama31-bpe) stops early instead of merging the whole text.
+TEST_P(TokenizerFixtureTest, EncodeAtMostStopsPastTheLimit) {
+  std::string text;
+  for (int round = 0; round < 200; ++round) {
+    for (const nlohmann::json& c : cases_["cases"]) text += c["text"].get<std::string>() + "\n";
+  }
+  const std::vector<int32_t> full = tokenizer_->Encode(text, true);
+  ASSERT_GT(full.size(), 1000u);
+  EXPECT_EQ(tokenizer_->EncodeAtMost(text, true, full.size()), full);
+  const std::vector<int32_t> cut = tokenizer_->EncodeAtMost(text, true, 100);
+  ASSERT_GT(cut.size(), 100u);
+  ASSERT_LE(cut.size(), full.size());
+  EXPECT_TRUE(std::equal(cut.begin(), cut.end(), full.begin()));
+  if (GetParam() == "llama31-bpe") {
+    EXPECT_LT(cut.size(), full.size() / 4);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Flavours, TokenizerFixtureTest,
