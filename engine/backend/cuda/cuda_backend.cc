@@ -201,8 +201,10 @@ class CudaBackendImpl : public CudaBackend {
     plan_ = std::move(*plan);
     if (absl::Status s = kernel_planner_.Finish(plan_, meta, &kernels_); !s.ok()) return s;
     absl::StatusOr<bool> moved = forward_->Reserve(plan_, kernels_, arena_.num_sparse());
+    // A failed reservation may already have moved (or freed) other buffers: no captured graph
+    // may be replayed over them.
+    if (!moved.ok() || *moved) graphs_.Clear();
     if (!moved.ok()) return moved.status();
-    if (*moved) graphs_.Clear();
     return cuda::WriteStepMeta(batch, plan_, plan_options_, forward_->meta_host());
   }
 
