@@ -3,7 +3,7 @@
 # .carry/bin (binaries), .carry/lib (every shared library ldd resolves that the GPU machine
 # lacks), .carry/run.sh (runs a command with those libraries), .carry/verify.sh (the full check).
 # The CUDA backend's library goes into .carry/bin, next to the programs that load it.
-# Usage: tools/gpu/pack.sh [NAME...]   (BUILD_DIR=build by default, configured Release for sm_90
+# Usage: tools/gpu/pack.sh [NAME...]   (BUILD_DIR=build by default, configured Release for sm_90a
 # if new). NAMEs pack only those tests/benchmarks: the working tree and the carry share 64 MiB.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
