@@ -11,8 +11,8 @@
 //     on sm_90a builds, else mma.sync with ldmatrix), 16 rows per warp; while the wgmma runs the
 //     warp dequantizes its rows' values into a private f16 tile;
 //   - rotates the keys in registers (RoPE pairs dims j and j + head_dim / 2, which the
-//     accumulator layout puts in one thread; cos/sin once per tile for all heads), loads exact
-//     keys for rows the exact store holds;
+//     accumulator layout puts in one thread; cos/sin of the reference's fp32 angle, reduced by
+//     2 pi, from the hardware approximations), loads exact keys for rows the exact store holds;
 //   - scores the group's queries S^T = K Q^T with mma.sync (the accumulators are the A operand;
 //     the group padded to n8), one online-softmax rescale per tile and warp, and accumulates
 //     O^T += V^T P with mma.sync (P transposed in registers by movmatrix, V^T by ldmatrix.trans).
