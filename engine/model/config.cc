@@ -238,10 +238,28 @@ absl::Status ParseFields(const json& root, absl::string_view source, ModelConfig
       r.PositiveInt("max_position_embeddings", false, &c->max_position_embeddings));
   c->tie_word_embeddings = false;
   SALS_RETURN_IF_ERROR(r.Bool("tie_word_embeddings", &c->tie_word_embeddings));
+  // sliding_window as transformers reads it: MistralConfig defaults an absent key to 4096 (null
+  // means full attention); LlamaConfig has no window, so Llama's attention ignores the key.
   c->sliding_window.reset();
-  int window = 0;
-  SALS_RETURN_IF_ERROR(r.PositiveInt("sliding_window", false, &window));
-  if (window > 0) c->sliding_window = window;
+  if (c->architecture == "MistralForCausalLM") {
+    int window = 0;
+    SALS_RETURN_IF_ERROR(r.PositiveInt("sliding_window", false, &window));
+    if (!root.contains("sliding_window")) window = 4096;
+    if (window > 0) c->sliding_window = window;
+  }
+
+  // Keys that change the math and that we do not implement: refused by name, never ignored.
+  for (const char* bias : {"attention_bias", "mlp_bias"}) {
+    bool on = false;
+    SALS_RETURN_IF_ERROR(r.Bool(bias, &on));
+    if (on) return r.Error(bias, "is true: bias terms on the projections are not implemented");
+  }
+  std::string act = "silu";
+  SALS_RETURN_IF_ERROR(r.String("hidden_act", &act));
+  if (act != "silu") {
+    return r.Error("hidden_act",
+                   absl::StrCat("names unsupported activation '", act, "' (supported: silu)"));
+  }
 
   c->rope_theta = 10000.0;
   c->rope_scaling = RopeScaling{};

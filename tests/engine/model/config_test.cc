@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -228,6 +229,43 @@ TEST(ConfigTest, DefaultsForOptionalKeys) {
   EXPECT_EQ(c->torch_dtype, "");
 }
 
+// sliding_window as transformers reads it: MistralConfig's default (4096) for an absent key, none
+// for null; LlamaConfig has no window at all.
+TEST(ConfigTest, SlidingWindowFollowsTransformers) {
+  auto window_of = [](const char* base, auto edit) {
+    absl::StatusOr<ModelConfig> c = ParseEdited(base, edit);
+    EXPECT_TRUE(c.ok()) << c.status();
+    return c.ok() ? c->sliding_window : std::optional<int>(-1);
+  };
+  EXPECT_EQ(window_of(kMistral, [](json& j) { j.erase("sliding_window"); }), 4096);
+  EXPECT_EQ(window_of(kMistral, [](json& j) { j["sliding_window"] = nullptr; }), std::nullopt);
+  EXPECT_EQ(window_of(kMistral, [](json& j) { j["sliding_window"] = 2048; }), 2048);
+  EXPECT_EQ(window_of(kLlama2, [](json& j) { j["sliding_window"] = 2048; }), std::nullopt);
+  // Mistral's window is still checked.
+  for (json bad : {json("4096"), json(0)}) {
+    EXPECT_FALSE(ParseEdited(kMistral, [&](json& j) { j["sliding_window"] = bad; }).ok()) << bad;
+  }
+}
+
+// Keys that change the math: accepted at the values we implement, refused otherwise.
+TEST(ConfigTest, BiasesAndActivationsWeDoNotImplementAreRefused) {
+  absl::StatusOr<ModelConfig> ok = ParseEdited(kLlama2, [](json& j) {
+    j["attention_bias"] = false;
+    j["mlp_bias"] = false;
+    j["hidden_act"] = "silu";
+  });
+  EXPECT_TRUE(ok.ok()) << ok.status();
+  for (const char* key : {"attention_bias", "mlp_bias"}) {
+    absl::StatusOr<ModelConfig> c = ParseEdited(kLlama2, [&](json& j) { j[key] = true; });
+    ASSERT_FALSE(c.ok()) << key;
+    EXPECT_THAT(std::string(c.status().message()), HasSubstr(key));
+  }
+  absl::StatusOr<ModelConfig> gelu =
+      ParseEdited(kMistral, [](json& j) { j["hidden_act"] = "gelu_pytorch_tanh"; });
+  ASSERT_FALSE(gelu.ok());
+  EXPECT_THAT(std::string(gelu.status().message()), HasSubstr("gelu_pytorch_tanh"));
+}
+
 TEST(ConfigTest, ExplicitHeadDimOverridesHiddenOverHeads) {
   absl::StatusOr<ModelConfig> c = ParseEdited(kMistral, [](json& j) { j["head_dim"] = 96; });
   ASSERT_TRUE(c.ok()) << c.status();
@@ -306,8 +344,11 @@ TEST(ConfigTest, ErrorsNameTheFileAndKey) {
       {"eps string", [](json& j) { j["rms_norm_eps"] = "1e-5"; }, "'rms_norm_eps'"},
       {"eps negative", [](json& j) { j["rms_norm_eps"] = -1e-5; }, "'rms_norm_eps'"},
       {"tie int", [](json& j) { j["tie_word_embeddings"] = 1; }, "'tie_word_embeddings'"},
-      {"window string", [](json& j) { j["sliding_window"] = "4096"; }, "'sliding_window'"},
-      {"window zero", [](json& j) { j["sliding_window"] = 0; }, "'sliding_window'"},
+      {"attention bias", [](json& j) { j["attention_bias"] = true; }, "'attention_bias'"},
+      {"mlp bias", [](json& j) { j["mlp_bias"] = true; }, "'mlp_bias'"},
+      {"bias string", [](json& j) { j["mlp_bias"] = "false"; }, "'mlp_bias'"},
+      {"gelu", [](json& j) { j["hidden_act"] = "gelu"; }, "'hidden_act'"},
+      {"act number", [](json& j) { j["hidden_act"] = 1; }, "'hidden_act'"},
       {"bos string", [](json& j) { j["bos_token_id"] = "<s>"; }, "'bos_token_id'"},
       {"eos strings", [](json& j) { j["eos_token_id"] = {"</s>"}; }, "'eos_token_id'"},
       {"eos object", [](json& j) { j["eos_token_id"] = json::object(); }, "'eos_token_id'"},
