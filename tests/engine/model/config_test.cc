@@ -3,7 +3,10 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <filesystem>
+#include <fstream>
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -264,6 +267,117 @@ TEST(ConfigTest, BiasesAndActivationsWeDoNotImplementAreRefused) {
       ParseEdited(kMistral, [](json& j) { j["hidden_act"] = "gelu_pytorch_tanh"; });
   ASSERT_FALSE(gelu.ok());
   EXPECT_THAT(std::string(gelu.status().message()), HasSubstr("gelu_pytorch_tanh"));
+}
+
+// Every key transformers writes into a Llama or Mistral config.json (the fixtures' configs are
+// transformers 5's to_dict of LlamaConfig and MistralConfig) is classified: implemented (a
+// non-default value changes the parsed config), refused (a value we do not implement fails naming
+// the key), or irrelevant to the math (any value parses to the same config). A key transformers
+// adds later fails here until it is classified.
+TEST(ConfigTest, EveryTransformersKeyIsImplementedRefusedOrIrrelevant) {
+  enum Kind { kImplemented, kRefused, kIrrelevant };
+  struct Key {
+    Kind kind;
+    json value;            // implemented: a value the config must reflect; refused: one we refuse
+    json other = nullptr;  // implemented: the value to use where `value` is the fixture's own
+  };
+  const std::map<std::string, Key> keys = {
+      {"vocab_size", {kImplemented, 1001, 1002}},
+      {"hidden_size", {kImplemented, 128, 192}},
+      {"intermediate_size", {kImplemented, 173, 174}},
+      {"num_hidden_layers", {kImplemented, 2, 5}},
+      {"num_attention_heads", {kImplemented, 2}},
+      {"num_key_value_heads", {kImplemented, 1, 2}},
+      {"head_dim", {kImplemented, 32, 48}},
+      {"max_position_embeddings", {kImplemented, 1024, 1025}},
+      {"rms_norm_eps", {kImplemented, 1e-3, 1e-4}},
+      {"rope_theta", {kImplemented, 5e5, 2e4}},
+      {"rope_scaling",
+       {kImplemented,
+        {{"rope_type", "llama3"},
+         {"factor", 8.0},
+         {"low_freq_factor", 1.0},
+         {"high_freq_factor", 4.0},
+         {"original_max_position_embeddings", 1024}},
+        {{"rope_type", "llama3"},
+         {"factor", 16.0},
+         {"low_freq_factor", 1.0},
+         {"high_freq_factor", 4.0},
+         {"original_max_position_embeddings", 1024}}}},
+      {"tie_word_embeddings", {kImplemented, true, false}},
+      {"bos_token_id", {kImplemented, 7, 9}},
+      {"eos_token_id", {kImplemented, 8, 10}},
+      {"sliding_window", {kImplemented, 512, 256}},  // Mistral; LlamaConfig has no window
+      {"hidden_act", {kRefused, "gelu"}},
+      {"attention_bias", {kRefused, true}},
+      {"mlp_bias", {kRefused, true}},
+      {"initializer_range", {kIrrelevant, 0.5}},  // training only
+      {"use_cache", {kIrrelevant, false}},        // a generate() switch
+      {"pad_token_id", {kIrrelevant, 3}},         // batching in transformers, not the model
+      {"attention_dropout", {kIrrelevant, 0.1}},  // off at inference
+      {"pretraining_tp", {kIrrelevant, 2}},       // the same products, sliced
+      {"dtype", {kIrrelevant, "float16"}},        // informational: the weights carry theirs
+      {"model_type", {kIrrelevant, "llama"}},
+      {"transformers_version", {kIrrelevant, "9.9.9"}},
+  };
+  auto summary = [](const ModelConfig& c) {
+    return json{c.architecture,
+                c.vocab_size,
+                c.hidden_size,
+                c.intermediate_size,
+                c.num_layers,
+                c.num_heads,
+                c.num_kv_heads,
+                c.head_dim,
+                c.rms_norm_eps,
+                c.rope_theta,
+                static_cast<int>(c.rope_scaling.type),
+                c.rope_scaling.factor,
+                c.rope_scaling.low_freq_factor,
+                c.rope_scaling.high_freq_factor,
+                c.rope_scaling.original_max_position_embeddings,
+                c.max_position_embeddings,
+                c.tie_word_embeddings,
+                c.sliding_window.value_or(-1),
+                c.bos_token_id,
+                c.eos_token_ids}
+        .dump();
+  };
+  for (const char* fixture : {"llama2-mha", "llama31-bpe", "mistral-gqa"}) {
+    SCOPED_TRACE(fixture);
+    std::ifstream in(std::filesystem::path(SALS_FIXTURES_DIR) / fixture / "config.json");
+    const json base = json::parse(in);
+    const absl::StatusOr<ModelConfig> parsed = ParseModelConfig(base.dump(), kSource);
+    ASSERT_TRUE(parsed.ok()) << parsed.status();
+    const bool mistral = parsed->architecture == "MistralForCausalLM";
+    for (const auto& [name, value] : base.items()) {
+      if (name == "architectures") continue;  // the one key that picks the model class
+      auto it = keys.find(name);
+      ASSERT_NE(it, keys.end()) << "config key '" << name << "' is not classified";
+      json edited = base;
+      edited[name] = it->second.value == base[name] ? it->second.other : it->second.value;
+      if (name == "num_attention_heads") edited["num_key_value_heads"] = 1;
+      const absl::StatusOr<ModelConfig> c = ParseModelConfig(edited.dump(), kSource);
+      switch (it->second.kind) {
+        case kImplemented:
+          ASSERT_TRUE(c.ok()) << name << ": " << c.status();
+          if (name != "sliding_window" || mistral) {
+            EXPECT_NE(summary(*c), summary(*parsed)) << name << " changed nothing";
+          } else {
+            EXPECT_EQ(summary(*c), summary(*parsed)) << "Llama has no sliding window";
+          }
+          break;
+        case kRefused:
+          ASSERT_FALSE(c.ok()) << name;
+          EXPECT_THAT(std::string(c.status().message()), HasSubstr(name));
+          break;
+        case kIrrelevant:
+          ASSERT_TRUE(c.ok()) << name << ": " << c.status();
+          EXPECT_EQ(summary(*c), summary(*parsed)) << name;
+          break;
+      }
+    }
+  }
 }
 
 TEST(ConfigTest, ExplicitHeadDimOverridesHiddenOverHeads) {
