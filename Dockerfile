@@ -63,7 +63,8 @@ RUN apt-get update -qq \
        --shell /usr/sbin/nologin sals
 # The CUDA backend sits beside sals-server, where the engine's loader looks first.
 COPY --from=build /src/build/server/sals-server /src/build/loadtest/sals-loadtest \
-     /src/build/loadtest/sals-health-probe \
+     /src/build/loadtest/sals-health-probe /src/build/tools/calibrate/sals-calibrate \
+     /src/build/tools/capacity/sals-capacity \
      /src/build/engine/backend/cuda/libsals_backend_cuda.so /opt/sals/bin/
 COPY configs/server.yaml /etc/sals/server.yaml
 ENV PATH=/opt/sals/bin:${PATH} \

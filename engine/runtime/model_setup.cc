@@ -106,6 +106,16 @@ absl::StatusOr<LoadedModel> LoadModel(const EngineConfig& config) {
           config.calibration_file.empty()
               ? std::filesystem::path(config.model_path) / kCalibrationFileName
               : std::filesystem::path(config.calibration_file);
+      std::error_code ec;
+      if (!std::filesystem::exists(file, ec)) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "kv_cache.format '", config.kv_format, "' needs the model's SALS calibration, and ",
+            file.string(), " does not exist. Either calibrate once: sals-calibrate --model ",
+            config.model_path, " --data TEXT_FILE",
+            config.calibration_file.empty() ? "" : absl::StrCat(" --out ", file.string()),
+            " (TEXT_FILE: general text of the model's domain), or serve without SALS: "
+            "kv_cache.format=dense"));
+      }
       auto basis = LoadSalsBasis(file, m.config, format->sals->rank);
       if (!basis.ok()) return basis.status();
       options.basis = std::move(*basis);

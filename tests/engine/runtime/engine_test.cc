@@ -2,12 +2,14 @@
 // batching and preemption don't change it, aborts free their blocks, stops and validation work.
 #include "engine/runtime/engine.h"
 
+#include <filesystem>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/common/temp_dir.h"
 #include "tests/engine/backend/fixture_models.h"
 #include "tests/engine/runtime/collecting_sink.h"
 #include "tests/engine/runtime/failing_backend.h"
@@ -272,6 +274,38 @@ class FailureObserver : public EngineObserver {
   std::mutex mu_;
   std::vector<absl::Status> failures_;
 };
+
+// A SALS pool whose model has no calibration file does not start, and the error gives both ways
+// forward: the sals-calibrate command for this model, or the dense format.
+TEST(EngineTest, MissingCalibrationSaysHowToCalibrateOrServeDense) {
+  testing::TempDir dir;
+  for (const auto& entry : std::filesystem::directory_iterator(testing::FixtureDir("llama2-mha"))) {
+    if (entry.path().filename() == "sals_calibration.safetensors") continue;
+    std::filesystem::copy_file(entry.path(), dir / entry.path().filename().string());
+  }
+  EngineConfig config = DenseConfig("llama2-mha");
+  config.model_path = dir.path().string();
+  config.kv_format = "sals-25";
+  for (const std::string& explicit_file :
+       {std::string(), (dir / "elsewhere.safetensors").string()}) {
+    config.calibration_file = explicit_file;
+    auto model = LoadModel(config);
+    ASSERT_FALSE(model.ok());
+    EXPECT_EQ(model.status().code(), absl::StatusCode::kFailedPrecondition) << model.status();
+    const std::string message(model.status().message());
+    EXPECT_NE(message.find("sals-calibrate --model " + dir.path().string() + " --data"),
+              std::string::npos)
+        << message;
+    EXPECT_NE(message.find("kv_cache.format=dense"), std::string::npos) << message;
+    EXPECT_EQ(message.find("--out") != std::string::npos, !explicit_file.empty()) << message;
+  }
+  // With the file back, the same configuration loads.
+  std::filesystem::copy_file(testing::FixtureDir("llama2-mha") / "sals_calibration.safetensors",
+                             dir / "sals_calibration.safetensors");
+  config.calibration_file.clear();
+  auto model = LoadModel(config);
+  EXPECT_TRUE(model.ok()) << model.status();
+}
 
 // A backend failure is not silent: requests in flight end with an Internal error naming it, the
 // observer hears of it once, and the engine refuses new work as Unavailable.
