@@ -67,6 +67,24 @@ void KeyCovariance::AddRows(int layer, const float* rows, int64_t stride, int64_
   tokens_[layer] += tokens;
 }
 
+absl::Status KeyCovariance::AddSums(int layer, std::span<const double> sums, int64_t tokens) {
+  if (layer < 0 || layer >= num_layers()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("layer ", layer, " outside [0, ", num_layers(), ")"));
+  }
+  const size_t size = static_cast<size_t>(width_) * width_;
+  if (sums.size() != size || tokens < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("layer ", layer, ": key sums of ", sums.size(),
+                                                   " values over ", tokens, " tokens; expected ",
+                                                   width_, " x ", width_, " over tokens >= 0"));
+  }
+  const Eigen::Map<const Eigen::MatrixXd> add(sums.data(), width_, width_);
+  Eigen::Map<Eigen::MatrixXd> c(covariance_[layer].data(), width_, width_);
+  c.triangularView<Eigen::Lower>() += add;
+  tokens_[layer] += tokens;
+  return absl::OkStatus();
+}
+
 absl::StatusOr<KeySpectra> KeyCovariance::Decompose() const {
   KeySpectra out;
   out.model = config_.architecture;

@@ -44,7 +44,16 @@ class KeyCovariance {
   // Rows of D key values.
   void AddKeys(int layer, std::span<const float> keys, int64_t tokens);
 
+  // Sums of k k^T already accumulated elsewhere (another device, an earlier run): a D x D matrix
+  // (column-major; only its lower triangle is read) over `tokens` keys, added to the layer's.
+  // Errors name the layer and the expected size.
+  absl::Status AddSums(int layer, std::span<const double> sums, int64_t tokens);
+
+  int width() const { return width_; }
+  int num_layers() const { return static_cast<int>(tokens_.size()); }
   int64_t tokens(int layer) const { return tokens_[layer]; }
+  // The layer's running sum, D x D column-major with the lower triangle filled (the rest is 0).
+  std::span<const double> sums(int layer) const { return covariance_[layer]; }
 
   // Eigen-decomposes every layer. Errors when a layer saw no tokens, layers saw different token
   // counts, or a layer's keys carry no energy (all zero or not finite).

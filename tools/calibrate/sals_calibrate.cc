@@ -1,11 +1,16 @@
-// sals-calibrate: the latent bases of SALS for one model. Runs the dense CPU reference over
-// calibration text, accumulates each layer's pre-RoPE key covariance, eigen-decomposes it and
-// writes the calibration file (format in engine/sals/basis.h). With --check it verifies that an
-// existing file fits the model and prints its captured energies.
+// sals-calibrate: the latent bases of SALS for one model. Runs the model densely over calibration
+// data (text, JSON lines or token ids: calibration_data.h) on the CPU reference (fp32) or the CUDA
+// backend (f16/bf16), accumulates each layer's pre-RoPE key covariance, eigen-decomposes it and
+// writes the calibration file (format in engine/sals/basis.h). Progress is checkpointed next to
+// the output (calibration_checkpoint.h) and resumed with --resume. With --check it verifies that
+// an existing file fits the model and prints its captured energies.
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <memory>
+#include <optional>
+#include <random>
 #include <string>
 #include <system_error>
 #include <vector>
@@ -19,23 +24,42 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "engine/model/config.h"
 #include "engine/model/safetensors.h"
+#include "engine/model/weight_source.h"
 #include "engine/sals/basis.h"
 #include "engine/sals/calibration.h"
-#include "engine/sals/dense_capture.h"
+#include "tools/calibrate/calibration_checkpoint.h"
+#include "tools/calibrate/calibration_data.h"
+#include "tools/calibrate/key_runners.h"
+#include "tools/calibrate/progress.h"
 #include "tools/common/flag_names.h"
 #include "tools/common/hf_model.h"
 
 ABSL_FLAG(std::string, model, "", "Hugging Face model directory");
+ABSL_FLAG(std::string, synthetic, "",
+          "instead of --model: a named shape (tiny, llama-2-7b, llama-3.1-8b) with random weights "
+          "and random token ids (--max_tokens of them), for timing; needs --out");
+ABSL_FLAG(uint64_t, seed, 0, "with --synthetic: the weights' and token ids' seed");
 ABSL_FLAG(std::vector<std::string>, data, {},
-          "calibration text files (comma-separated; further files may follow as arguments)");
+          "calibration data files (comma-separated; further files may follow as arguments)");
+ABSL_FLAG(std::string, data_format, "",
+          "text, jsonl ({\"text\": ...} per line) or tokens (little-endian uint32 ids); default: "
+          "from each file's extension (.txt/.text/.md, .jsonl, .u32)");
 ABSL_FLAG(std::vector<std::string>, ranks, std::vector<std::string>({"0.25", "0.125"}),
           "latent ranks to store, as fractions of the joint key width D");
 ABSL_FLAG(std::string, out, "",
           "output file (a directory gets sals_calibration.safetensors in it); default: in --model");
 ABSL_FLAG(int, seq_len, 2048, "tokens per calibration sequence (BOS included)");
-ABSL_FLAG(int, chunk, 256, "prefill chunk in tokens");
+ABSL_FLAG(int, chunk, 0,
+          "tokens per prefill step (0: 256 on the CPU; 8192 on CUDA, where whole sequences "
+          "share a step)");
 ABSL_FLAG(int64_t, max_tokens, 0, "stop after this many tokens (0 = all the data)");
+ABSL_FLAG(std::string, backend, "cpu", "cpu (fp32 reference) or cuda (libsals_backend_cuda.so)");
+ABSL_FLAG(std::string, cuda_dtype, "f16", "with --backend cuda: f16 or bf16 weights/activations");
+ABSL_FLAG(bool, resume, false,
+          "continue from the checkpoint next to the output (OUT.checkpoint) if there is one");
+ABSL_FLAG(int, checkpoint_s, 120, "seconds between checkpoints (0 = none)");
 ABSL_FLAG(std::string, check, "", "verify this calibration file against --model instead");
 
 namespace sals {
@@ -75,26 +99,6 @@ void PrintEnergies(const std::vector<int>& ranks, const std::vector<std::vector<
     for (double e : energy[l]) std::printf("  %-13.6f", e);
     std::printf("\n");
   }
-}
-
-// The token stream cut into sequences that each start with BOS (as text does at inference) and
-// hold up to seq_len tokens; at most max_tokens tokens in all (0 = no limit).
-std::vector<std::vector<int32_t>> CutSequences(const std::vector<int32_t>& stream, int32_t bos,
-                                               int seq_len, int64_t max_tokens) {
-  std::vector<std::vector<int32_t>> seqs;
-  const int prefix = bos >= 0 ? 1 : 0;
-  int64_t total = 0;
-  for (size_t begin = 0; begin < stream.size();) {
-    int64_t len = std::min<int64_t>(seq_len, prefix + stream.size() - begin);
-    if (max_tokens > 0) len = std::min(len, max_tokens - total);
-    if (len <= prefix) break;
-    std::vector<int32_t>& seq = seqs.emplace_back();
-    if (prefix) seq.push_back(bos);
-    seq.insert(seq.end(), stream.begin() + begin, stream.begin() + begin + (len - prefix));
-    begin += len - prefix;
-    total += len;
-  }
-  return seqs;
 }
 
 absl::Status Check(const std::string& model_dir, const std::filesystem::path& path) {
@@ -140,91 +144,227 @@ absl::Status Check(const std::string& model_dir, const std::filesystem::path& pa
   return absl::OkStatus();
 }
 
-absl::Status Calibrate(const std::vector<std::string>& data_files) {
-  const std::string model_dir = absl::GetFlag(FLAGS_model);
-  if (model_dir.empty()) return absl::InvalidArgumentError("--model is required");
-  if (!absl::GetFlag(FLAGS_check).empty()) return Check(model_dir, absl::GetFlag(FLAGS_check));
-  if (data_files.empty()) return absl::InvalidArgumentError("--data: no calibration text given");
-  auto fractions = ParseFractions(absl::GetFlag(FLAGS_ranks));
-  if (!fractions.ok()) return fractions.status();
-  const int seq_len = absl::GetFlag(FLAGS_seq_len);
-  const int chunk = absl::GetFlag(FLAGS_chunk);
-  const int64_t max_tokens = absl::GetFlag(FLAGS_max_tokens);
-  if (seq_len < 2) {
-    return absl::InvalidArgumentError(absl::StrCat("--seq-len must be >= 2, got ", seq_len));
-  }
-  if (chunk < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("--chunk must be >= 1, got ", chunk));
-  }
-  if (max_tokens < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("--max-tokens must be >= 0, got ", max_tokens));
-  }
-  auto out = OutputPath(absl::GetFlag(FLAGS_out), model_dir);
-  if (!out.ok()) return out.status();
-  // Every data file is read before the model loads, so a typo fails at once.
-  std::vector<std::string> texts;
-  for (const std::string& f : data_files) {
-    auto text = ReadTextFile(f);
-    if (!text.ok()) return text.status();
-    if (text->find_first_not_of(" \t\r\n") == std::string::npos) {
-      return absl::InvalidArgumentError(absl::StrCat(f, ": no text in calibration file"));
-    }
-    texts.push_back(std::move(*text));
-  }
+// The model calibrated and the sequences it runs over.
+struct CalibrationInput {
+  ModelConfig config;
+  std::unique_ptr<WeightSource> weights;
+  std::vector<std::vector<int32_t>> seqs;
+};
 
-  auto model_config = LoadModelConfig(model_dir);
-  if (!model_config.ok()) return model_config.status();
-  auto ranks = RanksFromFractions(model_config->kv_width(), *fractions);
-  if (!ranks.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("--ranks: ", ranks.status().message()));
+// --synthetic: a named shape with random weights, over random token ids.
+absl::StatusOr<CalibrationInput> SyntheticInput(const std::string& name, uint64_t seed, int seq_len,
+                                                int64_t max_tokens) {
+  if (max_tokens <= 0) {
+    return absl::InvalidArgumentError("--synthetic needs --max_tokens (the random tokens to run)");
+  }
+  auto config = SyntheticModelConfig(name);
+  if (!config.ok()) return config.status();
+  CalibrationInput in;
+  in.config = *config;
+  in.weights = MakeRandomWeights(in.config, seed);
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int32_t> id(0, in.config.vocab_size - 1);
+  std::vector<int32_t> stream(max_tokens);
+  for (int32_t& t : stream) t = id(rng);
+  in.seqs = CutSequences(stream, /*bos=*/-1, seq_len, max_tokens);
+  return in;
+}
+
+// --model with --data: every data file is read and checked before the weights load, so that a
+// typo or a malformed line fails at once.
+absl::StatusOr<CalibrationInput> ModelInput(const std::string& model_dir,
+                                            const std::vector<std::string>& data_files,
+                                            const std::string& format_flag, int seq_len,
+                                            int64_t max_tokens) {
+  if (data_files.empty()) return absl::InvalidArgumentError("--data: no calibration data given");
+  std::optional<DataFormat> forced;
+  if (!format_flag.empty()) {
+    auto f = ParseDataFormat(format_flag);
+    if (!f.ok()) return f.status();
+    forced = *f;
+  }
+  std::vector<CalibrationFile> files;
+  for (const std::string& path : data_files) {
+    absl::StatusOr<DataFormat> format = forced ? *forced : InferDataFormat(path);
+    if (!format.ok()) return format.status();
+    auto file = ReadCalibrationFile(path, *format);
+    if (!file.ok()) return file.status();
+    files.push_back(std::move(*file));
+  }
+  auto config = LoadModelConfig(model_dir);
+  if (!config.ok()) return config.status();
+  for (const CalibrationFile& f : files) {
+    if (absl::Status s = CheckTokenIds(f, config->vocab_size); !s.ok()) return s;
   }
   auto model = LoadHfModel(model_dir);
   if (!model.ok()) return model.status();
-  const ModelConfig& config = model->config;
   std::vector<int32_t> stream;
-  for (const std::string& text : texts) {
-    const std::vector<int32_t> ids = model->tokenizer->Encode(text, /*add_bos=*/false);
-    stream.insert(stream.end(), ids.begin(), ids.end());
+  for (const CalibrationFile& f : files) {
+    stream.insert(stream.end(), f.tokens.begin(), f.tokens.end());
+    for (const std::string& text : f.texts) {
+      const std::vector<int32_t> ids = model->tokenizer->Encode(text, /*add_bos=*/false);
+      stream.insert(stream.end(), ids.begin(), ids.end());
+    }
   }
-  const std::vector<std::vector<int32_t>> seqs =
-      CutSequences(stream, model->tokenizer->bos_id(), seq_len, max_tokens);
-  int64_t total = 0;
-  for (const auto& s : seqs) total += static_cast<int64_t>(s.size());
-  std::fprintf(stderr,
-               "[sals-calibrate] %zu files, %zu text tokens -> %zu sequences, %lld tokens\n",
-               texts.size(), stream.size(), seqs.size(), static_cast<long long>(total));
+  CalibrationInput in;
+  in.config = model->config;
+  in.weights = std::move(model->weights);
+  in.seqs = CutSequences(stream, model->tokenizer->bos_id(), seq_len, max_tokens);
+  std::fprintf(stderr, "[sals-calibrate] %zu files, %zu data tokens -> %zu sequences\n",
+               files.size(), stream.size(), in.seqs.size());
+  return in;
+}
+
+absl::StatusOr<DType> CudaDType(const std::string& name) {
+  if (name == "f16") return DType::kF16;
+  if (name == "bf16") return DType::kBF16;
+  return absl::InvalidArgumentError(
+      absl::StrCat("--cuda_dtype must be f16 or bf16, got '", name, "'"));
+}
+
+absl::Status Calibrate(const std::vector<std::string>& data_files) {
+  const std::string model_dir = absl::GetFlag(FLAGS_model);
+  const std::string synthetic = absl::GetFlag(FLAGS_synthetic);
+  if (!absl::GetFlag(FLAGS_check).empty()) {
+    if (model_dir.empty()) return absl::InvalidArgumentError("--check needs --model");
+    return Check(model_dir, absl::GetFlag(FLAGS_check));
+  }
+  if (model_dir.empty() == synthetic.empty()) {
+    return absl::InvalidArgumentError("give exactly one of --model and --synthetic");
+  }
+  if (!synthetic.empty() && (!data_files.empty() || absl::GetFlag(FLAGS_out).empty())) {
+    return absl::InvalidArgumentError(
+        "--synthetic runs on random token ids: it takes no --data and needs --out");
+  }
+  auto fractions = ParseFractions(absl::GetFlag(FLAGS_ranks));
+  if (!fractions.ok()) return fractions.status();
+  const std::string backend = absl::GetFlag(FLAGS_backend);
+  if (backend != "cpu" && backend != "cuda") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--backend must be cpu or cuda, got '", backend, "'"));
+  }
+  auto dtype = CudaDType(absl::GetFlag(FLAGS_cuda_dtype));
+  if (!dtype.ok()) return dtype.status();
+  const int seq_len = absl::GetFlag(FLAGS_seq_len);
+  const int64_t max_tokens = absl::GetFlag(FLAGS_max_tokens);
+  const int checkpoint_s = absl::GetFlag(FLAGS_checkpoint_s);
+  int chunk = absl::GetFlag(FLAGS_chunk);
+  if (seq_len < 2) {
+    return absl::InvalidArgumentError(absl::StrCat("--seq-len must be >= 2, got ", seq_len));
+  }
+  if (chunk < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("--chunk must be >= 0, got ", chunk));
+  }
+  if (chunk == 0) chunk = backend == "cuda" ? 8192 : 256;
+  if (max_tokens < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("--max-tokens must be >= 0, got ", max_tokens));
+  }
+  if (checkpoint_s < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--checkpoint-s must be >= 0, got ", checkpoint_s));
+  }
+  auto out = OutputPath(absl::GetFlag(FLAGS_out), model_dir);
+  if (!out.ok()) return out.status();
+  const std::filesystem::path checkpoint = CheckpointPath(*out);
+  std::error_code ec;
+  if (!absl::GetFlag(FLAGS_resume) && std::filesystem::exists(checkpoint, ec)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(checkpoint.string(),
+                     " exists (an interrupted run): pass --resume to continue it, or "
+                     "delete it to start over"));
+  }
+
+  const absl::Time load_start = absl::Now();
+  absl::StatusOr<CalibrationInput> input =
+      synthetic.empty()
+          ? ModelInput(model_dir, data_files, absl::GetFlag(FLAGS_data_format), seq_len, max_tokens)
+          : SyntheticInput(synthetic, absl::GetFlag(FLAGS_seed), seq_len, max_tokens);
+  if (!input.ok()) return input.status();
+  const ModelConfig& config = input->config;
+  const std::vector<std::vector<int32_t>>& seqs = input->seqs;
+  if (seqs.empty()) return absl::InvalidArgumentError("--data: no tokens to calibrate on");
+  if (seq_len > config.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat("--seq-len ", seq_len, " exceeds the model's ",
+                                                   config.max_position_embeddings,
+                                                   " positions (max_position_embeddings)"));
+  }
+  auto ranks = RanksFromFractions(config.kv_width(), *fractions);
+  if (!ranks.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--ranks: ", ranks.status().message()));
+  }
+  // prefix[i]: tokens in sequences [0, i).
+  std::vector<int64_t> prefix(seqs.size() + 1, 0);
+  for (size_t i = 0; i < seqs.size(); ++i) prefix[i + 1] = prefix[i] + seqs[i].size();
+  const int64_t total = prefix.back();
+  const std::string fingerprint = SequencesFingerprint(seqs);
 
   KeyCovariance covariance(config);
-  int64_t done = 0;
-  const absl::Time start = absl::Now();
-  absl::Time last_report = start;
-  auto report = [&](bool force) {
-    const absl::Time now = absl::Now();
-    if (!force && now - last_report < absl::Seconds(2)) return;
-    last_report = now;
-    std::fprintf(stderr, "[sals-calibrate] %lld/%lld tokens (%.0f%%), %.0f tokens/s\n",
-                 static_cast<long long>(done), static_cast<long long>(total), 100.0 * done / total,
-                 done / std::max(1e-9, absl::ToDoubleSeconds(now - start)));
-  };
-  auto capture = DenseCapture::Create(config, *model->weights, seq_len, chunk,
-                                      [&](int layer, std::span<const float> rows, int64_t tokens) {
-                                        covariance.AddProjections(layer, rows, tokens);
-                                        if (layer == config.num_layers - 1) {
-                                          done += tokens;
-                                          report(false);
-                                        }
-                                      });
-  if (!capture.ok()) return capture.status();
-  for (const std::vector<int32_t>& seq : seqs) {
-    if (absl::Status s = (*capture)->Run(seq); !s.ok()) return s;
+  int64_t next = 0;
+  if (absl::GetFlag(FLAGS_resume) && std::filesystem::exists(checkpoint, ec)) {
+    auto done = ReadCheckpoint(checkpoint, config, fingerprint, &covariance);
+    if (!done.ok()) return done.status();
+    if (*done > static_cast<int64_t>(seqs.size()) || covariance.tokens(0) != prefix[*done]) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          checkpoint.string(), ": covers ", *done, " sequences and ", covariance.tokens(0),
+          " tokens, which this run's ", seqs.size(), " sequences do not match; delete it"));
+    }
+    next = *done;
+    std::fprintf(stderr, "[sals-calibrate] resuming from %s: %lld of %zu sequences done\n",
+                 checkpoint.string().c_str(), static_cast<long long>(next), seqs.size());
   }
-  report(true);
+  std::fprintf(stderr,
+               "[sals-calibrate] %zu sequences of up to %d tokens, %lld tokens, backend %s\n",
+               seqs.size(), seq_len, static_cast<long long>(total), backend.c_str());
 
+  const int64_t resumed_tokens = prefix[next];
+  int64_t done_tokens = resumed_tokens;
+  Progress progress(total, done_tokens);
+  TokensDone tokens_done = [&](int64_t tokens) {
+    done_tokens += tokens;
+    progress.Update(done_tokens);
+  };
+  absl::StatusOr<std::unique_ptr<KeyRunner>> runner =
+      backend == "cuda"
+          ? CreateCudaKeyRunner(config, *input->weights, &seqs, next, chunk, *dtype, tokens_done)
+          : CreateCpuKeyRunner(config, *input->weights, &seqs, seq_len, chunk, &covariance,
+                               tokens_done);
+  if (!runner.ok()) return runner.status();
+  const double load_s = absl::ToDoubleSeconds(absl::Now() - load_start);
+
+  const absl::Time run_start = absl::Now();
+  absl::Time last_checkpoint = run_start;
+  while (next < static_cast<int64_t>(seqs.size())) {
+    auto reached = (*runner)->RunUnit(next);
+    if (!reached.ok()) return reached.status();
+    next = *reached;
+    done_tokens = prefix[next];
+    if (checkpoint_s > 0 && next < static_cast<int64_t>(seqs.size()) &&
+        absl::Now() - last_checkpoint >= absl::Seconds(checkpoint_s)) {
+      if (absl::Status s = (*runner)->Flush(&covariance); !s.ok()) return s;
+      if (absl::Status s = WriteCheckpoint(checkpoint, config, covariance, fingerprint, next);
+          !s.ok()) {
+        return s;
+      }
+      last_checkpoint = absl::Now();
+    }
+  }
+  if (absl::Status s = (*runner)->Flush(&covariance); !s.ok()) return s;
+  progress.Finish(done_tokens);
+  const double run_s = absl::ToDoubleSeconds(absl::Now() - run_start);
+
+  const absl::Time decompose_start = absl::Now();
   auto spectra = covariance.Decompose();
   if (!spectra.ok()) return spectra.status();
+  const double decompose_s = absl::ToDoubleSeconds(absl::Now() - decompose_start);
   if (absl::Status s = WriteCalibration(*out, *spectra, *ranks); !s.ok()) return s;
+  std::filesystem::remove(checkpoint, ec);
   std::printf("wrote %s: %d layers, kv_width %d, %lld tokens\n", out->string().c_str(),
               config.num_layers, config.kv_width(), static_cast<long long>(spectra->tokens));
+  std::printf(
+      "times: load %.1f s, keys %.1f s (%lld tokens this run, %.0f tokens/s, backend %s), "
+      "eigen-decomposition %.1f s\n",
+      load_s, run_s, static_cast<long long>(total - resumed_tokens),
+      (total - resumed_tokens) / std::max(1e-9, run_s), backend.c_str(), decompose_s);
   std::vector<std::vector<double>> energy(config.num_layers);
   for (int l = 0; l < config.num_layers; ++l) {
     for (int r : *ranks) energy[l].push_back(spectra->layers[l].Energy(r));
@@ -232,14 +372,16 @@ absl::Status Calibrate(const std::vector<std::string>& data_files) {
   PrintEnergies(*ranks, energy);
   return absl::OkStatus();
 }
-
 }  // namespace
 }  // namespace sals
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "sals-calibrate --model DIR --data FILE[,FILE...] [FILE...] [--ranks 0.25,0.125]\n"
-      "    [--out FILE] [--seq-len 2048] [--chunk 256] [--max-tokens N]\n"
+      "sals-calibrate --model DIR --data FILE[,FILE...] [FILE...] [--data-format "
+      "text|jsonl|tokens]\n"
+      "    [--backend cpu|cuda] [--cuda-dtype f16|bf16] [--ranks 0.25,0.125] [--out FILE]\n"
+      "    [--seq-len 2048] [--chunk N] [--max-tokens N] [--resume] [--checkpoint-s 120]\n"
+      "  or: sals-calibrate --synthetic llama-3.1-8b --max-tokens N --out FILE [--backend cuda]\n"
       "  or: sals-calibrate --model DIR --check FILE");
   sals::NormalizeFlagNames(argc, argv);
   const std::vector<char*> positional = absl::ParseCommandLine(argc, argv);

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the GPU test and benchmark binaries here and stages them in .carry/ for the device tool:
-# .carry/bin (binaries), .carry/lib (every shared library ldd resolves that the GPU machine
+# .carry/bin (binaries, and sals-calibrate for its --backend cuda timing), .carry/lib (every shared library ldd resolves that the GPU machine
 # lacks), .carry/run.sh (runs a command with those libraries), .carry/verify.sh (the full check).
 # The CUDA backend's library goes into .carry/bin, next to the programs that load it.
 # Usage: tools/gpu/pack.sh [NAME...]   (BUILD_DIR=build by default, configured Release for sm_90a
@@ -9,25 +9,28 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 build="${BUILD_DIR:-build}"
 tests=(kernels_elementwise_test kernels_attention_test kernels_sals_kv_write_test
-  kernels_sals_decode_test kernels_sals_materialize_test kernels_sampling_test cuda_backend_test)
+  kernels_sals_decode_test kernels_sals_materialize_test kernels_sampling_test cuda_backend_test
+  cuda_calibration_test)
 benches=(bench_decode_attention bench_sals_attention bench_e2e_decode bench_sampling)
+programs=(sals-calibrate)
 if [ $# -gt 0 ]; then
   wanted=" $* "
   keep() { local out=() x; for x in "$@"; do [[ "$wanted" == *" $x "* ]] && out+=("$x"); done
     echo "${out[@]}"; }
   read -r -a tests <<<"$(keep "${tests[@]}")"
   read -r -a benches <<<"$(keep "${benches[@]}")"
+  read -r -a programs <<<"$(keep "${programs[@]}")"
 fi
 
 [ -f "$build/build.ninja" ] || cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release
-ninja -C "$build" "${tests[@]}" "${benches[@]}"
+ninja -C "$build" "${tests[@]}" "${benches[@]}" "${programs[@]}"
 
 rm -rf .carry
 mkdir -p .carry/bin .carry/lib
 for t in "${tests[@]}"; do cp "$build/tests/gpu/$t" .carry/bin/; done
 for b in "${benches[@]}"; do cp "$build/bench/$b" .carry/bin/; done
-if [[ " ${tests[*]} ${benches[*]} " == *" cuda_backend_test "* ||
-  " ${tests[*]} ${benches[*]} " == *" bench_e2e_decode "* ]]; then
+for p in "${programs[@]}"; do cp "$build/tools/calibrate/$p" .carry/bin/; done
+if [[ " ${tests[*]} ${benches[*]} ${programs[*]} " =~ \ (cuda_backend_test|cuda_calibration_test|bench_e2e_decode|sals-calibrate)\  ]]; then
   cp "$build/engine/backend/cuda/libsals_backend_cuda.so" .carry/bin/
 fi
 

@@ -2,13 +2,16 @@
 # The device-side check, run from the repository root on the GPU machine after tools/gpu/pack.sh:
 # device facts, the GPU tests, compute-sanitizer over them, and the benchmarks. Logs and the
 # benchmark JSON go to $OUT (./out when unset); the summary prints last.
-# Usage: .carry/verify.sh [all|kernels|sals|sampling|backend|tests]   (all by default)
+# Usage: .carry/verify.sh [all|kernels|sals|sampling|backend|calibrate|tests]   (all by default)
 #   kernels: the dense kernel tests, memcheck and racecheck over them, bench_decode_attention;
 #   sals: the SALS kernel tests, memcheck over them, torch SDPA (FlashAttention-2, cuDNN) and
 #     bench_sals_attention in the same session (the ratios need both);
 #   sampling: the sampling kernel test, memcheck over it, bench_sampling;
 #   backend: cuda_backend_test, memcheck over a short part of it, gpt_fast_baseline.py (gpt-fast's
 #     method in PyTorch) and bench_e2e_decode (dense and both SALS presets) in the same session;
+#   calibrate: cuda_calibration_test (CUDA against CPU calibration on the fixtures) and the
+#     timing of sals-calibrate --backend cuda on the Llama-3.1-8B shape (synthetic weights), 512
+#     sequences of 4096 tokens (tools/calibrate/README.md);
 #   tests: every test binary, no sanitizer, no benchmark.
 # The benchmarks name the GPU in their JSON records (GPU=H100 or H200; from nvidia-smi if unset).
 set -uo pipefail
@@ -58,7 +61,7 @@ bench() {  # name timeout [args...]
 if [ "$mode" = tests ]; then
   for t in kernels_elementwise_test kernels_attention_test kernels_sals_kv_write_test \
     kernels_sals_decode_test kernels_sals_materialize_test kernels_sampling_test \
-    cuda_backend_test; do
+    cuda_backend_test cuda_calibration_test; do
     run_test "$t"
   done
 fi
@@ -107,6 +110,15 @@ if [ "$mode" = all ] || [ "$mode" = backend ]; then
   summary+=("gpt_fast_baseline: rc=$?")
   bench bench_e2e_decode 300 --kv dense,sals-25,sals-12.5 --gpt_fast "$out/gpt_fast.json" \
     --gpu "$gpu"
+fi
+
+if [ "$mode" = all ] || [ "$mode" = calibrate ]; then
+  run_test cuda_calibration_test
+  timeout 500 "$run" "$bin/sals-calibrate" --synthetic llama-3.1-8b --backend cuda \
+    --cuda-dtype bf16 --seq-len 4096 --max-tokens 2097152 --checkpoint-s 0 \
+    --out /tmp/sals_calibration_8b.safetensors >"$out/calibrate_8b.log" 2>&1
+  summary+=("sals-calibrate 8B shape: rc=$? $(grep -E '^times:' "$out/calibrate_8b.log")")
+  benches+=(calibrate_8b)
 fi
 
 for b in "${benches[@]}"; do

@@ -10,7 +10,8 @@
 //   cuda_forward      the per-step buffers and the launches of a step (the layer loop);
 //   cuda_attention    a dense or SALS layer's attention within those launches;
 //   cuda_graphs       captured CUDA graphs of pure-decode steps;
-//   cuda_sampler      sampling on the device.
+//   cuda_sampler      sampling on the device;
+//   cuda_key_covariance the pre-RoPE key covariance sums sals-calibrate asks for.
 // A step: validate the batch, plan it on the host (asking the kernels' planners where they
 // decide), size the buffers, write the metadata to pinned memory and upload it with one copy,
 // then enqueue the launches eagerly or replay a graph; results are copied back and the stream
@@ -30,6 +31,7 @@
 #include "engine/backend/batch_validation.h"
 #include "engine/backend/cuda/cuda_forward.h"
 #include "engine/backend/cuda/cuda_graphs.h"
+#include "engine/backend/cuda/cuda_key_covariance.h"
 #include "engine/backend/cuda/cuda_kv_arena.h"
 #include "engine/backend/cuda/cuda_resources.h"
 #include "engine/backend/cuda/cuda_sampler.h"
@@ -52,7 +54,7 @@ cuda::StepPlanOptions PlanOptions(const KvPoolConfig& pool, const CudaBackendOpt
   o.block_size = pool.block_size;
   o.num_sparse_layers = pool.format.NumSparseLayers();
   if (pool.format.sals) o.storage = *pool.format.sals;
-  o.cuda_graphs = options.cuda_graphs;
+  o.cuda_graphs = options.cuda_graphs && !options.key_covariance;
   o.max_graph_batch = options.max_graph_batch;
   return o;
 }
@@ -75,6 +77,14 @@ class CudaBackendImpl : public CudaBackend {
         cuda::ForwardPass::Create(config_, options_.dtype, pool_.block_size, stream_.get());
     if (!forward.ok()) return forward.status();
     forward_.emplace(std::move(*forward));
+    if (options_.key_covariance) {
+      auto capture = cuda::KeyCovarianceCapture::Create(config_, options_.dtype, stream_.get());
+      if (!capture.ok()) return capture.status();
+      key_covariance_.emplace(std::move(*capture));
+      forward_->set_qkv_hook([this](int layer, const uint16_t* qkv, int64_t tokens) {
+        return key_covariance_->Add(layer, qkv, tokens);
+      });
+    }
     for (auto* event : {&start_, &stop_}) {
       auto e = kn::Event::Create();
       if (!e.ok()) return e.status();
@@ -153,6 +163,15 @@ class CudaBackendImpl : public CudaBackend {
       return absl::FailedPreconditionError("no timed step (set CudaBackendOptions::time_steps)");
     }
     return stop_.ElapsedMsSince(start_);
+  }
+
+  absl::StatusOr<KeyCovarianceSums> TakeKeyCovariance() override {
+    if (!key_covariance_) {
+      return absl::FailedPreconditionError(
+          "no key covariance (set CudaBackendOptions::key_covariance)");
+    }
+    SALS_CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
+    return key_covariance_->Take();
   }
 
  private:
@@ -234,6 +253,7 @@ class CudaBackendImpl : public CudaBackend {
   cuda::StepKernels kernels_;
   cuda::GraphCache graphs_;
   cuda::DeviceSampler sampler_;
+  std::optional<cuda::KeyCovarianceCapture> key_covariance_;  // options.key_covariance
 };
 
 absl::StatusOr<std::unique_ptr<CudaBackend>> Create(const ModelConfig& config,

@@ -29,6 +29,17 @@ struct CudaBackendOptions {
   // Latent bases; required when the pool's format has SALS layers (rank >= the stored rank), as
   // CpuBackendOptions::basis. Uploaded as fp16.
   SalsBasis sals_basis;
+  // sals-calibrate: every step also adds each layer's pre-RoPE key products k k^T to a running
+  // sum on the device (cuBLAS, fp32 accumulation within the step, fp64 across steps); read with
+  // TakeKeyCovariance. CUDA graphs are off then (every step runs eagerly, unpadded).
+  bool key_covariance = false;
+};
+
+// Per layer, the sum of k k^T over the pre-RoPE keys (all KV heads joined, width D = kv_width) of
+// every token the steps ran: D x D, column-major (symmetric, both triangles filled).
+struct KeyCovarianceSums {
+  int64_t tokens = 0;
+  std::vector<std::vector<double>> layers;
 };
 
 class CudaBackend : public Backend {
@@ -45,10 +56,14 @@ class CudaBackend : public Backend {
   // Device milliseconds of the last Forward/ForwardGreedy, from the upload of its metadata to its
   // results back on the host (CUDA events); needs options.time_steps.
   virtual absl::StatusOr<float> LastStepMs() const = 0;
+
+  // With options.key_covariance: the sums accumulated since the backend was created or since the
+  // last call, which zeroes them. FailedPrecondition without the option.
+  virtual absl::StatusOr<KeyCovarianceSums> TakeKeyCovariance() = 0;
 };
 
 // Bumped whenever this header's types change, so that a stale library is refused at load time.
-inline constexpr int kCudaBackendAbiVersion = 4;
+inline constexpr int kCudaBackendAbiVersion = 5;
 
 }  // namespace sals
 

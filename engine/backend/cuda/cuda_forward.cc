@@ -127,6 +127,7 @@ absl::Status ForwardPass::Enqueue(const StepPlan& p, const StepKernels& kernels,
         l == 0 ? kn::RmsNorm(dt, residual, w.input_norm.get(), t, h, eps, xn, st)
                : kn::AddRmsNorm(dt, residual, proj, w.input_norm.get(), t, h, eps, xn, st));
     SALS_KERNELS_RETURN_IF_ERROR(Gemm(xn, w.wqkv.get(), t, row, h, qkv, act_type));
+    if (qkv_hook_) SALS_KERNELS_RETURN_IF_ERROR(qkv_hook_(l, qkv, t));
     const LayerKv& kv = arena.layer(l);
     if (kv.dense) {
       SALS_KERNELS_RETURN_IF_ERROR(kn::ApplyRopeQk(dt, qkv, t, row, c.num_heads, c.num_kv_heads,

@@ -10,6 +10,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <functional>
 #include <span>
 
 #include "absl/status/status.h"
@@ -47,6 +48,12 @@ class ForwardPass {
   absl::Status Enqueue(const StepPlan& plan, const StepKernels& kernels,
                        const ModelWeights& weights, const KvArena& arena, bool argmax);
 
+  // Called in each layer right after its q|k|v projection, before RoPE, with the step's rows
+  // (device memory, plan.tokens rows); its launches join the step's (sals-calibrate's key
+  // covariance). Unset: nothing is called.
+  using QkvHook = std::function<absl::Status(int layer, const uint16_t* qkv, int64_t tokens)>;
+  void set_qkv_hook(QkvHook hook) { qkv_hook_ = std::move(hook); }
+
   float* logits() const { return logits_.get(); }          // [plan.rows x vocab]
   const int32_t* argmax() const { return argmax_.get(); }  // [plan.rows]
 
@@ -76,6 +83,7 @@ class ForwardPass {
   kernels::DeviceBuffer<uint8_t> meta_, decode_workspace_, sals_workspace_;
   kernels::DeviceBuffer<__half> scratch_k_, scratch_v_;  // SALS: materialized rows + new K/V
   PinnedBuffer<uint8_t> meta_host_;
+  QkvHook qkv_hook_;
 };
 
 }  // namespace sals::cuda
