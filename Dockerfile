@@ -1,4 +1,6 @@
-# sals-serve container image: sals-server (CUDA backend), sals-loadtest and sals-health-probe.
+# sals-serve container image: sals-server (CUDA backend), sals-calibrate (and its default
+# calibration corpus, /opt/sals/share/calibration.jsonl), sals-capacity, sals-loadtest and
+# sals-health-probe.
 #
 #   docker build -t sals-serve:0.1.0 .
 #   docker run --gpus all -p 50051:50051 -p 9464:9464 -v /path/to/model:/models:ro sals-serve:0.1.0
@@ -40,6 +42,19 @@ RUN bash tools/ci/build.sh build -DSALS_BUILD_TESTS=OFF -DSALS_WITH_CUDA=ON \
     && test -x build/server/sals-server \
     && test -f build/engine/backend/cuda/libsals_backend_cuda.so
 
+# ---- corpus: sals-calibrate's default calibration text, from Debian-packaged English text ----
+FROM ${DEBIAN_IMAGE} AS corpus
+ENV DEBIAN_FRONTEND=noninteractive
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+WORKDIR /src
+COPY tools/train/make_corpus.py tools/train/make_corpus.py
+COPY tools/calibrate/make_calibration_corpus.py tools/calibrate/make_calibration_corpus.py
+# The `bible` program of bible-kjv (run from the unpacked package) needs libreadline8.
+RUN apt-get update -qq \
+    && apt-get install -y -qq --no-install-recommends python3 libreadline8 \
+    && python3 tools/calibrate/make_calibration_corpus.py --out /src/corpus --cache /tmp/debs \
+    && rm -rf /tmp/debs /var/lib/apt/lists/*
+
 # ---- runtime: Debian 12 slim + CUDA runtime libraries + the libraries the binaries load ----
 FROM ${DEBIAN_IMAGE} AS runtime
 ARG CUDA_REPO
@@ -67,6 +82,7 @@ COPY --from=build /src/build/server/sals-server /src/build/loadtest/sals-loadtes
      /src/build/tools/capacity/sals-capacity \
      /src/build/engine/backend/cuda/libsals_backend_cuda.so /opt/sals/bin/
 COPY configs/server.yaml /etc/sals/server.yaml
+COPY --from=corpus /src/corpus/calibration.jsonl /src/corpus/manifest.json /opt/sals/share/
 ENV PATH=/opt/sals/bin:${PATH} \
     LD_LIBRARY_PATH=/usr/local/cuda/lib64 \
     NVIDIA_VISIBLE_DEVICES=all \

@@ -7,6 +7,8 @@ Checks, against the repository and a finished Release build (--build-dir):
   tools/run_tests.sh (CI);
 - base images are tagged (no implicit or explicit :latest);
 - every COPY source exists (sources in the repository, /src/build/... in the build directory);
+  a file copied from another stage (the default calibration corpus) lies in a folder a RUN of
+  that stage writes with `--out`;
 - the runtime stage installs, for every library `ldd` resolves for the copied binaries, the
   Debian package that owns it (CUDA's libraries: NVIDIA's package for that soname);
 - the runtime stage runs as a non-root user, the one deploy/kubernetes/deployment.yaml runs as;
@@ -166,6 +168,15 @@ def main():
             from_stage = next((w.split("=", 1)[1] for w in words if w.startswith("--from=")), None)
             sources = [w for w in words if not w.startswith("--")][:-1]
             for source in sources:
+                if from_stage is not None and from_stage not in (build_stage, None):
+                    written = [m.group(1).rstrip("/") for run in of(from_stage, "RUN")
+                               for m in re.finditer(r"--out\s+(\S+)", run)]
+                    if any(source.startswith(w + "/") for w in written):
+                        ok(f"COPY --from={from_stage} {source}: written by that stage (--out)")
+                    else:
+                        fail(f"COPY --from={from_stage} {source}: no RUN of that stage writes it "
+                             f"(--out folders: {written})")
+                    continue
                 if from_stage is None:
                     path = ROOT / source
                 elif source.startswith("/src/build/"):

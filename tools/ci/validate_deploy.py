@@ -6,7 +6,9 @@
    PrometheusRule), which those schemas lack, against structural schemas written here for the
    fields we use (unknown fields rejected).
 2. The manifests against each other and the server: selectors, named ports, probes, the
-   ConfigMap's server config (every key one configs/server.yaml documents), grace periods.
+   ConfigMap's server config (every key one configs/server.yaml documents), grace periods, the
+   init container that calibrates into the model volume (same image, writable mount where the
+   server reads the model read-only, a corpus the Dockerfile puts in the image).
 3. The alert rules: `promtool check rules` and `promtool test rules` (deploy/prometheus/).
 4. The Grafana dashboard's structure.
 5. Metric names: a real sals-server (fixture model, loopback, ports the kernel picks) takes a
@@ -255,6 +257,7 @@ def check_consistency(docs):
            "model.path is where the models volume is mounted")
     expect(volumes.get("models", {}).get("persistentVolumeClaim", {}).get("claimName") ==
            pvc["metadata"]["name"], "the models volume is the PersistentVolumeClaim")
+    check_calibration_init(pod, container, pvc, config, expect)
     grace = server.get("shutdown_grace_seconds", documented["server"]["shutdown_grace_seconds"])
     expect(pod["spec"]["terminationGracePeriodSeconds"] > grace,
            "terminationGracePeriodSeconds outlasts server.shutdown_grace_seconds")
@@ -291,6 +294,52 @@ def check_consistency(docs):
     metrics_rules = [r for r in rules if admits(r, "metrics")]
     expect(metrics_rules and all(r.get("from") for r in metrics_rules),
            "the NetworkPolicy admits the metrics port from chosen sources only")
+
+
+CALIBRATION_FILE = "sals_calibration.safetensors"  # engine/sals/basis.h kCalibrationFileName
+
+
+def check_calibration_init(pod, server, pvc, config, expect):
+    """The init container `calibrate` writes the calibration file into the model volume once, as
+    the server's SALS preset needs it."""
+    inits = {c["name"]: c for c in pod["spec"].get("initContainers", [])}
+    init = inits.get("calibrate")
+    fmt = config.get("kv_cache", {}).get("format", "sals-25")
+    if init is None:
+        expect(fmt == "dense", f"kv_cache.format {fmt} needs the init container 'calibrate'")
+        return
+    model_path = config.get("model", {}).get("path", "")
+    script = " ".join(init.get("command", []) + init.get("args", []))
+    words = script.split()
+
+    def flag(name):
+        return words[words.index(name) + 1] if name in words[:-1] else None
+
+    target = f"{model_path.rstrip('/')}/{CALIBRATION_FILE}"
+    expect(init.get("image") == server.get("image"), "the calibrate init container runs the "
+           "server's image")
+    expect(f"test -f {target} ||" in script and "sals-calibrate" in script,
+           f"the calibrate init container runs sals-calibrate only when {target} is missing")
+    expect(flag("--model") == model_path and "--resume" in words and flag("--backend") == "cuda",
+           f"it calibrates --model {model_path} on the GPU (--backend cuda), resumably (--resume)")
+    mounts = {m["name"]: m for m in init.get("volumeMounts", [])}
+    server_mounts = {m["name"]: m for m in server["volumeMounts"]}
+    expect(mounts.get("models", {}).get("mountPath") == model_path and
+           not mounts["models"].get("readOnly"),
+           f"the calibrate init container mounts the models volume writable at {model_path}")
+    expect(server_mounts.get("models", {}).get("readOnly") is True,
+           "the server mounts the models volume read-only")
+    expect(any(mode in pvc["spec"]["accessModes"] for mode in ("ReadWriteMany", "ReadWriteOnce")),
+           "the model PersistentVolumeClaim is writable (for the calibration file)")
+    expect(init.get("resources", {}).get("limits", {}).get("nvidia.com/gpu") == 1,
+           "the calibrate init container asks for the pod's nvidia.com/gpu")
+    data = flag("--data") or ""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    copied = re.findall(r"^COPY --from=\S+ (.+) (\S+/)$", dockerfile, re.MULTILINE)
+    in_image = any(data == dest + src.rsplit("/", 1)[1] for sources, dest in copied
+                   for src in sources.split())
+    expect(in_image, f"the calibrate init container's --data {data} is a file the Dockerfile "
+           "copies into the image")
 
 
 # ---- 3. alert rules ------------------------------------------------------------------------
