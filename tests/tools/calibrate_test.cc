@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "engine/model/safetensors.h"
+#include "engine/model/weight_source.h"
 #include "engine/sals/calibration.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -151,17 +152,8 @@ TEST(CalibrationDataTest, FingerprintSeesIdsAndHowTheyAreCut) {
   EXPECT_NE(base, SequencesFingerprint(CutSequences(other, 1, 3, 0)));
 }
 
-ModelConfig SmallConfig() {
-  ModelConfig c;
-  c.architecture = "LlamaForCausalLM";
-  c.num_layers = 2;
-  c.num_heads = 4;
-  c.num_kv_heads = 2;
-  c.head_dim = 4;
-  c.hidden_size = 16;
-  c.vocab_size = 100;
-  return c;
-}
+// Two layers of joint key width 64.
+ModelConfig SmallConfig() { return *SyntheticModelConfig("tiny"); }
 
 std::vector<float> RandomKeys(int64_t n, int d, uint32_t seed) {
   std::mt19937 rng(seed);
@@ -212,8 +204,9 @@ TEST(CovarianceMergeTest, AddSumsEqualsAddingTheKeys) {
 
 TEST(CovarianceMergeTest, AddSumsRejectsWrongShapes) {
   KeyCovariance cov(SmallConfig());
-  EXPECT_THAT(ErrorOf(cov.AddSums(0, std::vector<double>(10), 1)), HasSubstr("expected 8 x 8"));
-  EXPECT_THAT(ErrorOf(cov.AddSums(2, std::vector<double>(64), 1)), HasSubstr("layer 2 outside"));
+  EXPECT_THAT(ErrorOf(cov.AddSums(0, std::vector<double>(10), 1)), HasSubstr("expected 64 x 64"));
+  EXPECT_THAT(ErrorOf(cov.AddSums(2, std::vector<double>(64 * 64), 1)),
+              HasSubstr("layer 2 outside"));
   EXPECT_EQ(cov.tokens(0), 0);
 }
 
@@ -240,10 +233,10 @@ TEST(CheckpointTest, RoundTripsExactlyAndRefusesOtherModelsOrData) {
   EXPECT_THAT(ErrorOf(ReadCheckpoint(path, config, "00000000000000bb", &unused).status()),
               HasSubstr("checkpoint of other calibration data"));
   ModelConfig wider = config;
-  wider.head_dim = 8;
+  wider.head_dim = 64;
   KeyCovariance other(wider);
   EXPECT_THAT(ErrorOf(ReadCheckpoint(path, wider, "00000000000000aa", &other).status()),
-              HasSubstr("checkpoint of another model (kv_width 8, this model's 16)"));
+              HasSubstr("checkpoint of another model (kv_width 64, this model's 128)"));
   EXPECT_EQ(unused.tokens(0), 0);
 }
 

@@ -23,7 +23,6 @@ import hashlib
 import itertools
 import json
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "train"))
@@ -45,37 +44,18 @@ def main():
                     help="where the .debs are downloaded and unpacked")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    root, versions = make_corpus.fetch(make_corpus.PACKAGES, args.cache)
-    base_files = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "base-files"],
-                                capture_output=True, text=True).stdout
-    versions["base-files"] = base_files or "unknown"
-    sources = {
-        "kjv": make_corpus.kjv_documents(root),
-        "python-docs": make_corpus.pydoc_documents(root),
-        "debian-reference": make_corpus.debref_documents(root),
-        "licenses": make_corpus.license_documents(),
-    }
-    stats = {}
-    for name, docs in sources.items():
-        docs[:] = [d for d in (make_corpus.clean(d) for d in docs) if d]
-        stats[name] = {"documents": len(docs), "chars": sum(len(d) for d in docs)}
+    sources, versions = make_corpus.documents_by_source(args.cache)
     lines = [json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in interleave(sources)]
     data = "".join(lines).encode("utf-8")
-    path = os.path.join(args.out, "calibration.jsonl")
-    with open(path, "wb") as f:
+    with open(os.path.join(args.out, "calibration.jsonl"), "wb") as f:
         f.write(data)
-    manifest = {
+    make_corpus.write_manifest(args.out, {
         "packages": versions,
-        "sources": stats,
+        "sources": make_corpus.source_stats(sources),
         "documents": len(lines),
         "bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
-    }
-    with open(os.path.join(args.out, "manifest.json"), "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2)
-        f.write("\n")
-    json.dump(manifest, sys.stdout, indent=2)
-    print()
+    })
 
 
 if __name__ == "__main__":

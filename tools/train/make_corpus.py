@@ -151,6 +151,37 @@ def clean(doc):
     return "".join(ch for ch in doc if ch in "\n\t" or ord(ch) >= 32).strip()
 
 
+def documents_by_source(cache):
+    """Fetches the packages (into `cache`) and returns ({source: [cleaned documents]}, versions)."""
+    root, versions = fetch(PACKAGES, cache)
+    base_files = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Version}", "base-files"], capture_output=True, text=True
+    ).stdout
+    versions["base-files"] = base_files or "unknown"
+    sources = {
+        "kjv": kjv_documents(root),
+        "python-docs": pydoc_documents(root),
+        "debian-reference": debref_documents(root),
+        "licenses": license_documents(),
+    }
+    return {name: [d for d in (clean(x) for x in docs) if d] for name, docs in sources.items()}, \
+        versions
+
+
+def source_stats(sources):
+    return {name: {"documents": len(docs), "chars": sum(len(d) for d in docs)}
+            for name, docs in sources.items()}
+
+
+def write_manifest(out_dir, manifest):
+    """manifest.json in out_dir, and the same on stdout."""
+    with open(os.path.join(out_dir, "manifest.json"), "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2)
+        f.write("\n")
+    json.dump(manifest, sys.stdout, indent=2)
+    print()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="folder for corpus.txt and manifest.json")
@@ -158,40 +189,19 @@ def main():
                     "unpacked (kept out of --out, which travels to the GPU machine)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    root, versions = fetch(PACKAGES, args.cache)
-    base_files = subprocess.run(
-        ["dpkg-query", "-W", "-f=${Version}", "base-files"], capture_output=True, text=True
-    ).stdout
-    versions["base-files"] = base_files or "unknown"
-
-    sources = {
-        "kjv": kjv_documents(root),
-        "python-docs": pydoc_documents(root),
-        "debian-reference": debref_documents(root),
-        "licenses": license_documents(),
-    }
-    docs, stats = [], {}
-    for name, source_docs in sources.items():
-        source_docs = [clean(d) for d in source_docs]
-        source_docs = [d for d in source_docs if d]
-        stats[name] = {"documents": len(source_docs), "chars": sum(len(d) for d in source_docs)}
-        docs += source_docs
+    sources, versions = documents_by_source(args.cache)
+    docs = [d for source_docs in sources.values() for d in source_docs]
     text = DOC_SEPARATOR.join(docs) + "\n"
     path = os.path.join(args.out, "corpus.txt")
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
-    manifest = {
+    write_manifest(args.out, {
         "packages": versions,
-        "sources": stats,
+        "sources": source_stats(sources),
         "documents": len(docs),
         "chars": len(text),
         "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
-    }
-    with open(os.path.join(args.out, "manifest.json"), "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2)
-        f.write("\n")
-    json.dump(manifest, sys.stdout, indent=2)
-    print()
+    })
 
 
 if __name__ == "__main__":
