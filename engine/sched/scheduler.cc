@@ -109,6 +109,17 @@ int32_t Scheduler::ChunkTokens(const Sequence& seq, int32_t budget) const {
   return std::min(n, budget);
 }
 
+namespace {
+
+// Appends `seq`'s next `n` tokens to `plan`.
+void AddToPlan(Sequence* seq, int32_t n, StepPlan* plan) {
+  plan->seqs.push_back(
+      {seq, n, seq->num_computed_tokens, seq->num_computed_tokens + n == seq->num_tokens()});
+  plan->num_batched_tokens += n;
+}
+
+}  // namespace
+
 StepPlan Scheduler::Schedule() {
   StepPlan plan;
   int32_t budget = config_.max_num_batched_tokens;
@@ -141,11 +152,7 @@ StepPlan Scheduler::Schedule() {
     plan.num_prefill_tokens += planned_[i];
   }
   for (size_t i = 0; i < running_.size(); ++i) {
-    if (planned_[i] == 0) continue;
-    Sequence* seq = running_[i];
-    plan.seqs.push_back({seq, planned_[i], seq->num_computed_tokens,
-                         seq->num_computed_tokens + planned_[i] == seq->num_tokens()});
-    plan.num_batched_tokens += planned_[i];
+    if (planned_[i] > 0) AddToPlan(running_[i], planned_[i], &plan);
   }
   // After a preemption the pool is short: admitting now would only preempt again.
   if (plan.num_preempted == 0) Admit(&plan, &prefill_budget, prefilling);
@@ -180,9 +187,7 @@ void Scheduler::Admit(StepPlan* plan, int32_t* prefill_budget, int32_t prefillin
     seq->status = SequenceStatus::kRunning;
     running_.push_back(seq);
     const int32_t n = ChunkTokens(*seq, *prefill_budget);
-    plan->seqs.push_back(
-        {seq, n, seq->num_computed_tokens, seq->num_computed_tokens + n == seq->num_tokens()});
-    plan->num_batched_tokens += n;
+    AddToPlan(seq, n, plan);
     plan->num_prefill_tokens += n;
     *prefill_budget -= n;
     ++prefilling;
