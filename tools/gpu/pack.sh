@@ -10,7 +10,8 @@ cd "$(dirname "$0")/../.."
 build="${BUILD_DIR:-build}"
 tests=(kernels_elementwise_test kernels_attention_test kernels_sals_kv_write_test
   kernels_sals_decode_test kernels_sals_materialize_test kernels_sampling_test cuda_backend_test)
-benches=(bench_decode_attention bench_sals_attention bench_e2e_decode bench_sampling)
+benches=(bench_decode_attention bench_sals_attention bench_e2e_decode bench_sampling
+  bench_prefill_attention bench_e2e_prefill)
 if [ $# -gt 0 ]; then
   wanted=" $* "
   keep() { local out=() x; for x in "$@"; do [[ "$wanted" == *" $x "* ]] && out+=("$x"); done
@@ -27,7 +28,8 @@ mkdir -p .carry/bin .carry/lib
 for t in "${tests[@]}"; do cp "$build/tests/gpu/$t" .carry/bin/; done
 for b in "${benches[@]}"; do cp "$build/bench/$b" .carry/bin/; done
 if [[ " ${tests[*]} ${benches[*]} " == *" cuda_backend_test "* ||
-  " ${tests[*]} ${benches[*]} " == *" bench_e2e_decode "* ]]; then
+  " ${tests[*]} ${benches[*]} " == *" bench_e2e_decode "* ||
+  " ${tests[*]} ${benches[*]} " == *" bench_e2e_prefill "* ]]; then
   cp "$build/engine/backend/cuda/libsals_backend_cuda.so" .carry/bin/
 fi
 
@@ -55,7 +57,7 @@ export LD_LIBRARY_PATH="$here/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_L
 exec "$@"
 RUN
 cp tools/gpu/verify.sh .carry/verify.sh
-cp bench/sdpa_reference.py bench/gpt_fast_baseline.py .carry/
+cp bench/sdpa_reference.py bench/sdpa_prefill_reference.py bench/gpt_fast_baseline.py .carry/
 chmod +x .carry/run.sh .carry/verify.sh
 echo "packed: $(ls .carry/bin | wc -l) binaries, $(ls .carry/lib | wc -l) libraries," \
   "$(du -sh .carry | cut -f1)"
