@@ -75,9 +75,10 @@ RunResult Runner::Drive(const RunPlan& plan, bool warmup) {
   const Clock::time_point run_start = Clock::now();
   const auto stopped = [&] { return stop_ != nullptr && stop_->load(); };
 
-  // Background streams: each one ending starts the next while restart_background holds. The
-  // callbacks run while this function waits for background_in_flight to reach zero, so they may
-  // use `launch` and `this`.
+  // Background streams: each one ending well starts the next while restart_background holds (a
+  // failed one is not replaced: a server refusing them is not flooded). The callbacks run while
+  // this function waits for background_in_flight to reach zero, so they may use `launch` and
+  // `this`.
   const int num_background = warmup || background_ == nullptr ? 0 : plan.background_streams;
   std::function<void(WorkItem, size_t)> launch = [&](WorkItem item, size_t stub) {
     StreamCall::Start(
@@ -90,8 +91,9 @@ RunResult Runner::Drive(const RunPlan& plan, bool warmup) {
           {
             std::lock_guard<std::mutex> lock(shared->mu);
             if (record.output_tokens == 0) ++shared->background_settled;
+            const bool replace = shared->restart_background && record.ok();
             shared->records.push_back(std::move(record));
-            if (shared->restart_background) {
+            if (replace) {
               next = background_->Next();
               stub = shared->background_stub++;
             } else {
