@@ -117,7 +117,8 @@ fi
 if [ "$mode" = prefill ]; then
   timeout 300 "$run" "$bin/kernels_attention_test" --gtest_brief=1 --gtest_filter='*Prefill*' \
     >"$out/kernels_attention_test.log" 2>&1
-  summary+=("kernels_attention_test (prefill): rc=$? $(grep -E '^\[  (PASSED|FAILED)  \]' \
+  rc=$?
+  summary+=("kernels_attention_test (prefill): rc=$rc $(grep -E '^\[  (PASSED|FAILED)  \]' \
     "$out/kernels_attention_test.log" | tr '\n' ' ')")
   tail -n 25 "$out/kernels_attention_test.log"
   memcheck kernels_attention_test 200 --gtest_filter='*ChunkedPrefill*f16_d128_g4_kv2_bs16*'
