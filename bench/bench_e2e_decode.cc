@@ -36,6 +36,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_split.h"
 #include "bench/bench_check.h"
+#include "bench/e2e_backend.h"
 #include "engine/backend/cuda_loader.h"
 #include "engine/kv/kv_format.h"
 #include "engine/model/config.h"
@@ -165,37 +166,6 @@ Result RunShape(CudaBackend& backend, const std::string& kv, const Shape& shape,
                 kv_bytes / steps / 1e9};
 }
 
-// One D x rank basis with orthonormal columns (Gram-Schmidt in double on a seeded Gaussian
-// matrix), the same for every layer.
-SalsBasis RandomBasis(const ModelConfig& c, int rank, uint64_t seed) {
-  const int d = c.kv_width();
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<double> normal;
-  std::vector<double> u(static_cast<size_t>(d) * rank);
-  for (int j = 0; j < rank; ++j) {
-    for (int i = 0; i < d; ++i) u[static_cast<size_t>(i) * rank + j] = normal(rng);
-    for (int k = 0; k < j; ++k) {
-      double dot = 0.0;
-      for (int i = 0; i < d; ++i) {
-        dot += u[static_cast<size_t>(i) * rank + j] * u[static_cast<size_t>(i) * rank + k];
-      }
-      for (int i = 0; i < d; ++i) {
-        u[static_cast<size_t>(i) * rank + j] -= dot * u[static_cast<size_t>(i) * rank + k];
-      }
-    }
-    double norm = 0.0;
-    for (int i = 0; i < d; ++i) {
-      norm += u[static_cast<size_t>(i) * rank + j] * u[static_cast<size_t>(i) * rank + j];
-    }
-    for (int i = 0; i < d; ++i) u[static_cast<size_t>(i) * rank + j] /= std::sqrt(norm);
-  }
-  SalsBasis basis;
-  basis.width = d;
-  basis.rank = rank;
-  basis.layers.assign(c.num_layers, std::vector<float>(u.begin(), u.end()));
-  return basis;
-}
-
 int Main(int argc, char** argv) {
   const char* json_path = nullptr;
   CudaBackendOptions options;
@@ -280,21 +250,13 @@ int Main(int argc, char** argv) {
   // shapes.
   std::vector<Result> all;
   for (const std::string& kv : kv_formats) {
-    KvPoolConfig pool;
-    pool.block_size = kBlockSize;
-    pool.num_blocks = num_blocks;
-    pool.format = Check(MakeKvCacheFormat(config, kv));
-    CudaBackendOptions kv_options = options;
-    if (pool.format.sals) {
-      pool.max_sequences = max_batch;
-      kv_options.sals_basis = RandomBasis(config, pool.format.sals->rank, 5);
-    }
-    const KvBytes bytes = ComputeKvBytes(config, pool.format, kBlockSize);
     const auto load_start = std::chrono::steady_clock::now();
-    std::unique_ptr<CudaBackend> backend =
-        Check(LoadCudaBackend(config, *weights, pool, kv_options));
+    std::unique_ptr<CudaBackend> backend = Check(
+        bench::LoadE2eBackend(config, *weights, kv, kBlockSize, num_blocks, max_batch, options));
     const double load_s =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
+    const KvPoolConfig& pool = backend->kv_pool();
+    const KvBytes bytes = ComputeKvBytes(config, pool.format, kBlockSize);
     Check(backend->FillKvCacheRandom(7));
     std::printf("%s: KV pool %.1f GB (%.0f bytes per token, exact rows %.1f MB); load %.1f s\n",
                 kv.c_str(),

@@ -9,6 +9,7 @@
 #include <iostream>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -54,6 +55,14 @@ ABSL_FLAG(int, shared_prefix_len, 0, "first prompt tokens common to every reques
 ABSL_FLAG(std::string, dataset, "",
           "JSONL file, one request a line: \"prompt\" (text), \"prompt_token_ids\" or "
           "\"prompt_tokens\" (a length), and \"output_tokens\"");
+ABSL_FLAG(int, background_streams, 0,
+          "streams kept in flight beside the load (restarted as they end) from before its first "
+          "request until its last one ends; their inter-token latency while the load's requests "
+          "are in flight is reported apart (e.g. 8 decoding streams while 32K prompts arrive)");
+ABSL_FLAG(std::string, background_prompt_len, "128",
+          "prompt tokens of a background stream: N or MIN:MAX");
+ABSL_FLAG(std::string, background_output_len, "512",
+          "tokens a background stream generates: N or MIN:MAX");
 ABSL_FLAG(bool, ignore_eos, true, "generate exactly the output length (past end-of-sequence)");
 ABSL_FLAG(double, temperature, 0.0, "sampling temperature (0 = greedy)");
 ABSL_FLAG(std::string, policy, "",
@@ -111,9 +120,11 @@ absl::StatusOr<std::vector<RunPlan>> MakePlans(uint64_t seed) {
   base.duration_s = absl::GetFlag(FLAGS_duration_s);
   base.burstiness = absl::GetFlag(FLAGS_burstiness);
   base.max_concurrency = absl::GetFlag(FLAGS_max_concurrency);
-  if (base.num_requests < 0 || base.duration_s < 0 || base.max_concurrency < 0) {
+  base.background_streams = absl::GetFlag(FLAGS_background_streams);
+  if (base.num_requests < 0 || base.duration_s < 0 || base.max_concurrency < 0 ||
+      base.background_streams < 0) {
     return absl::InvalidArgumentError(
-        "--num_requests, --duration_s and --max_concurrency must be >= 0");
+        "--num_requests, --duration_s, --max_concurrency and --background_streams must be >= 0");
   }
   if (base.num_requests == 0 && base.duration_s == 0) {
     return absl::InvalidArgumentError("bound each run: give --num_requests and/or --duration_s");
@@ -205,6 +216,9 @@ std::vector<ReportContext::Flag> FlagValues(uint64_t seed) {
           text("output_len", absl::GetFlag(FLAGS_output_len)),
           number("shared_prefix_len", absl::GetFlag(FLAGS_shared_prefix_len)),
           text("dataset", absl::GetFlag(FLAGS_dataset)),
+          number("background_streams", absl::GetFlag(FLAGS_background_streams)),
+          text("background_prompt_len", absl::GetFlag(FLAGS_background_prompt_len)),
+          text("background_output_len", absl::GetFlag(FLAGS_background_output_len)),
           {"ignore_eos", absl::GetFlag(FLAGS_ignore_eos) ? "true" : "false", false},
           number("temperature", absl::GetFlag(FLAGS_temperature)),
           text("policy", absl::GetFlag(FLAGS_policy)),
@@ -271,6 +285,19 @@ int Run() {
                                    limits, seed);
   }
   if (!workload.ok()) return Fail(workload.status());
+  // Background streams: synthetic prompts of their own lengths, seeded apart from the load's.
+  std::optional<Workload> background;
+  if (absl::GetFlag(FLAGS_background_streams) > 0) {
+    auto prompt =
+        ParseLengthRange(absl::GetFlag(FLAGS_background_prompt_len), "background_prompt_len", 1);
+    if (!prompt.ok()) return Fail(prompt.status());
+    auto output =
+        ParseLengthRange(absl::GetFlag(FLAGS_background_output_len), "background_output_len", 1);
+    if (!output.ok()) return Fail(output.status());
+    auto made = Workload::Synthetic(*prompt, *output, 0, limits, seed ^ 0x6267u);
+    if (!made.ok()) return Fail(made.status());
+    background = *std::move(made);
+  }
 
   RequestTemplate request_template;
   request_template.sampling.set_temperature(static_cast<float>(absl::GetFlag(FLAGS_temperature)));
@@ -290,12 +317,17 @@ int Run() {
   context.percentiles = *percentiles;
   context.slo = *slo;
   context.config = FlagValues(seed);
+  if (background) {
+    context.workload += absl::StrCat("; ", absl::GetFlag(FLAGS_background_streams),
+                                     " background streams: ", background->Describe());
+  }
   std::fprintf(stderr, "sals-loadtest: %s serves %s on %s; %s\n", target.c_str(),
                info->model().c_str(), info->backend().c_str(), context.workload.c_str());
 
   LiveCounters live;
   ProgressLine progress(&live, !absl::GetFlag(FLAGS_quiet));
-  Runner runner(channels, request_template, &*workload, &live, &g_stop);
+  Runner runner(channels, request_template, &*workload, &live, &g_stop,
+                background ? &*background : nullptr);
   std::vector<RunResult> results;
   if (const int warmup = absl::GetFlag(FLAGS_warmup_requests); warmup > 0) {
     const RunPlan& first = plans->front();

@@ -79,8 +79,9 @@ std::vector<std::string> CsvHeader(const std::vector<double>& percentiles) {
                                 "total_token_throughput",
                                 "goodput",
                                 "prompt_tokens",
-                                "output_tokens"};
-  for (const char* metric : {"ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"}) {
+                                "output_tokens",
+                                "background_streams"};
+  for (const char* metric : {"ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "background_itl_ms"}) {
     h.push_back(absl::StrCat(metric, "_mean"));
     for (double p : percentiles) h.push_back(absl::StrCat(metric, "_", PercentileKey(p)));
   }
@@ -108,8 +109,10 @@ std::vector<std::string> CsvRow(const ReportContext& context, const RunSummary& 
       absl::StrFormat("%.3f", s.total_token_throughput),
       absl::StrFormat("%.4f", s.goodput),
       absl::StrCat(s.prompt_tokens),
-      absl::StrCat(s.completed_output_tokens)};
-  for (const Distribution* d : {&s.ttft_ms, &s.tpot_ms, &s.itl_ms, &s.e2e_ms}) {
+      absl::StrCat(s.completed_output_tokens),
+      absl::StrCat(plan.background_streams)};
+  for (const Distribution* d :
+       {&s.ttft_ms, &s.tpot_ms, &s.itl_ms, &s.e2e_ms, &s.background_itl_ms}) {
     row.push_back(absl::StrFormat("%.3f", d->mean));
     for (double v : d->percentiles) row.push_back(absl::StrFormat("%.3f", v));
   }
@@ -147,6 +150,13 @@ std::string FormatTable(const ReportContext& context, const std::vector<RunSumma
                   absl::StrCat("TTFT ", which, " ms"), absl::StrCat("TPOT ", which, " ms"),
                   absl::StrCat("ITL ", which, " ms"), absl::StrCat("E2E ", which, " ms"),
                   context.slo.empty() ? "goodput req/s" : "goodput req/s (SLO)"});
+  // Background streams: the running streams' inter-token latency while the load arrives.
+  const bool background = std::any_of(
+      runs.begin(), runs.end(), [](const RunSummary& s) { return s.plan.background_streams > 0; });
+  if (background) {
+    rows.front().push_back("bg streams ok/err");
+    rows.front().push_back(absl::StrCat("bg ITL ", which, " ms"));
+  }
   for (const RunSummary& s : runs) {
     rows.push_back({s.plan.Label() + (s.interrupted ? " (interrupted)" : ""), absl::StrCat(s.sent),
                     absl::StrCat(s.completed), absl::StrCat(s.failed),
@@ -155,6 +165,13 @@ std::string FormatTable(const ReportContext& context, const std::vector<RunSumma
                     absl::StrFormat("%.1f", s.total_token_throughput), PercentileTriple(s.ttft_ms),
                     PercentileTriple(s.tpot_ms), PercentileTriple(s.itl_ms),
                     PercentileTriple(s.e2e_ms), absl::StrFormat("%.2f", s.goodput)});
+    if (background) {
+      rows.back().push_back(s.plan.background_streams > 0
+                                ? absl::StrCat(s.plan.background_streams, ": ",
+                                               s.background_completed, "/", s.background_failed)
+                                : "-");
+      rows.back().push_back(PercentileTriple(s.background_itl_ms));
+    }
   }
   std::vector<size_t> width(rows.front().size(), 0);
   for (const auto& row : rows) {
@@ -261,6 +278,12 @@ std::string ToJson(const ReportContext& context, const std::vector<RunSummary>& 
           {"tpot", DistributionJson(s.tpot_ms, context.percentiles)},
           {"itl", DistributionJson(s.itl_ms, context.percentiles)},
           {"e2e", DistributionJson(s.e2e_ms, context.percentiles)}}},
+        {"background",
+         {{"streams", plan.background_streams},
+          {"completed", s.background_completed},
+          {"failed", s.background_failed},
+          {"output_tokens", s.background_output_tokens},
+          {"itl_ms_during_load", DistributionJson(s.background_itl_ms, context.percentiles)}}},
     };
     out_runs.push_back(std::move(run));
   }
@@ -300,7 +323,8 @@ absl::Status AppendCsv(const std::string& path, const ReportContext& context,
 
 absl::Status WriteRequestsCsv(const std::string& path, const std::vector<RunResult>& runs) {
   std::ofstream out(path);
-  out << "run,warmup,start_s,status,max_tokens,output_tokens,prompt_tokens,cached_prompt_tokens,"
+  out << "run,warmup,background,start_s,status,max_tokens,output_tokens,prompt_tokens,cached_"
+         "prompt_tokens,"
          "server_completion_tokens,ttft_ms,tpot_ms,e2e_ms,itl_max_ms,chunks\n";
   for (const RunResult& run : runs) {
     const std::string label =
@@ -309,12 +333,13 @@ absl::Status WriteRequestsCsv(const std::string& path, const std::vector<RunResu
     for (const RequestRecord& r : run.records) {
       const double itl_max =
           r.itl_ms.empty() ? 0.0 : *std::max_element(r.itl_ms.begin(), r.itl_ms.end());
-      out << label << "," << (r.warmup ? 1 : 0) << "," << absl::StrFormat("%.6f", r.start_s) << ","
-          << StatusCodeName(r.code) << "," << r.max_tokens << "," << r.output_tokens << ","
-          << r.usage_prompt_tokens << "," << r.usage_cached_prompt_tokens << ","
-          << r.usage_completion_tokens << "," << absl::StrFormat("%.3f", r.ttft_ms) << ","
-          << absl::StrFormat("%.3f", r.tpot_ms()) << "," << absl::StrFormat("%.3f", r.e2e_ms) << ","
-          << absl::StrFormat("%.3f", itl_max) << "," << r.chunks << "\n";
+      out << label << "," << (r.warmup ? 1 : 0) << "," << (r.background ? 1 : 0) << ","
+          << absl::StrFormat("%.6f", r.start_s) << "," << StatusCodeName(r.code) << ","
+          << r.max_tokens << "," << r.output_tokens << "," << r.usage_prompt_tokens << ","
+          << r.usage_cached_prompt_tokens << "," << r.usage_completion_tokens << ","
+          << absl::StrFormat("%.3f", r.ttft_ms) << "," << absl::StrFormat("%.3f", r.tpot_ms())
+          << "," << absl::StrFormat("%.3f", r.e2e_ms) << "," << absl::StrFormat("%.3f", itl_max)
+          << "," << r.chunks << "\n";
     }
   }
   out.close();

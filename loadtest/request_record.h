@@ -14,6 +14,7 @@ using Clock = std::chrono::steady_clock;
 // What one request saw. Times in milliseconds.
 struct RequestRecord {
   bool warmup = false;
+  bool background = false;  // one of --background_streams, not a request of the run's load
   grpc::StatusCode code = grpc::StatusCode::UNKNOWN;
   std::string error_message;
   double start_s = 0;     // when it was sent, from the run's start

@@ -19,10 +19,13 @@ struct RunPlan {
   int concurrency = 1;        // kConcurrency: requests kept in flight
   int max_concurrency = 0;    // kRate: at most this many in flight (0 = no cap)
   int64_t num_requests = 0;   // stop sending after this many (0 = no bound)
-  double duration_s = 0;      // stop sending after this long (0 = no bound)
+  // Streams kept in flight beside the load, restarted as they end, from before its first request
+  // (once each has its first token) until its last request ends; 0 = none.
+  int background_streams = 0;
+  double duration_s = 0;  // stop sending after this long (0 = no bound)
   uint64_t seed = 0;
 
-  // "rate 4/s", "rate 4/s gamma 0.5", "concurrency 8".
+  // "rate 4/s", "rate 4/s gamma 0.5", "concurrency 8", "rate 0.1/s + 8 background".
   std::string Label() const;
 };
 

@@ -30,9 +30,11 @@ struct RequestTemplate {
 class Runner {
  public:
   // Requests go round-robin over `channels` (separate HTTP/2 connections). `stop` (may be null)
-  // ends sending early when it turns true; requests in flight still finish.
+  // ends sending early when it turns true; requests in flight still finish. `background` (may
+  // be null) gives the streams of RunPlan::background_streams.
   Runner(std::vector<std::shared_ptr<grpc::Channel>> channels, RequestTemplate request_template,
-         Workload* workload, LiveCounters* live, const std::atomic<bool>* stop);
+         Workload* workload, LiveCounters* live, const std::atomic<bool>* stop,
+         Workload* background = nullptr);
 
   RunResult Run(const RunPlan& plan);
   // `count` requests, `concurrency` at a time, marked as warm-up.
@@ -40,10 +42,12 @@ class Runner {
 
  private:
   RunResult Drive(const RunPlan& plan, bool warmup);
+  v1::GenerateRequest MakeRequest(WorkItem item) const;
 
   std::vector<std::unique_ptr<v1::Generation::Stub>> stubs_;
   RequestTemplate template_;
   Workload* workload_;
+  Workload* background_;
   LiveCounters* live_;
   const std::atomic<bool>* stop_;
   size_t next_stub_ = 0;

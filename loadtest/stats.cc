@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 
 #include "absl/strings/numbers.h"
@@ -143,8 +144,28 @@ RunSummary Summarize(const RunResult& run, const std::vector<double>& percentile
   s.duration_s = run.wall_s;
   s.peak_in_flight = run.peak_in_flight;
   s.sent = run.sent;
-  std::vector<double> ttft, tpot, itl, e2e;
+  std::vector<double> ttft, tpot, itl, e2e, background_itl;
+  // The load's span, in milliseconds from the run's start.
+  double load_from = std::numeric_limits<double>::infinity();
+  double load_to = -load_from;
   for (const RequestRecord& r : run.records) {
+    if (r.background) continue;
+    load_from = std::min(load_from, r.start_s * 1e3);
+    load_to = std::max(load_to, r.start_s * 1e3 + r.e2e_ms);
+  }
+  for (const RequestRecord& r : run.records) {
+    if (r.background) {
+      r.ok() ? ++s.background_completed : ++s.background_failed;
+      s.background_output_tokens += r.output_tokens;
+      if (r.ttft_ms < 0) continue;
+      // Token k's arrival: the first token's, plus the gaps up to k.
+      double t = r.start_s * 1e3 + r.ttft_ms;
+      for (const float gap : r.itl_ms) {
+        t += gap;
+        if (t >= load_from && t <= load_to) background_itl.push_back(gap);
+      }
+      continue;
+    }
     s.output_tokens += r.output_tokens;
     if (!r.ok()) {
       ++s.failed;
@@ -175,6 +196,7 @@ RunSummary Summarize(const RunResult& run, const std::vector<double>& percentile
   s.tpot_ms = Summarize(std::move(tpot), percentiles);
   s.itl_ms = Summarize(std::move(itl), percentiles);
   s.e2e_ms = Summarize(std::move(e2e), percentiles);
+  s.background_itl_ms = Summarize(std::move(background_itl), percentiles);
   return s;
 }
 

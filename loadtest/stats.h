@@ -63,6 +63,11 @@ struct RunSummary {
   int64_t good_requests = 0;
   double goodput = 0;  // requests per second meeting the SLOs (completed ones when none are set)
   Distribution ttft_ms, tpot_ms, itl_ms, e2e_ms;
+  // Background streams (RunPlan::background_streams); everything above leaves them out.
+  int64_t background_completed = 0, background_failed = 0, background_output_tokens = 0;
+  // Their inter-token gaps that ended while the run's requests were in flight (from the first
+  // one's send to the last one's end): the latency running streams see while the load arrives.
+  Distribution background_itl_ms;
 };
 
 RunSummary Summarize(const RunResult& run, const std::vector<double>& percentiles, const Slo& slo);

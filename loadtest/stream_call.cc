@@ -29,8 +29,9 @@ StreamCall::StreamCall(v1::GenerateRequest request, DoneCallback done)
 
 void StreamCall::Start(v1::Generation::Stub* stub, v1::GenerateRequest request,
                        std::chrono::milliseconds timeout, Clock::time_point run_start, bool warmup,
-                       DoneCallback done) {
+                       DoneCallback done, FirstTokenCallback first_token) {
   auto* call = new StreamCall(std::move(request), std::move(done));
+  call->first_token_ = std::move(first_token);
   call->record_.warmup = warmup;
   call->record_.max_tokens = static_cast<int>(call->request_.sampling().max_tokens());
   call->context_.set_deadline(std::chrono::system_clock::now() + timeout);
@@ -52,6 +53,7 @@ void StreamCall::OnReadDone(bool ok) {
       if (record_.output_tokens == 0) {
         record_.ttft_ms = MillisBetween(sent_, now);
         for (int i = 1; i < tokens; ++i) record_.itl_ms.push_back(0.0f);
+        if (first_token_) first_token_();
       } else {
         const double gap = MillisBetween(last_chunk_, now) / shared_tokens;
         for (int i = 0; i < tokens; ++i) record_.itl_ms.push_back(static_cast<float>(gap));

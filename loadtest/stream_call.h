@@ -16,12 +16,14 @@ namespace sals::loadtest {
 class StreamCall final : public grpc::ClientReadReactor<v1::GenerateResponse> {
  public:
   using DoneCallback = std::function<void(RequestRecord)>;
+  using FirstTokenCallback = std::function<void()>;
 
   // Starts the call at once; `done` runs on a gRPC thread when the stream has ended, after which
-  // the object deletes itself.
+  // the object deletes itself. `first_token` (may be empty) runs on a gRPC thread when the first
+  // token arrives.
   static void Start(v1::Generation::Stub* stub, v1::GenerateRequest request,
                     std::chrono::milliseconds timeout, Clock::time_point run_start, bool warmup,
-                    DoneCallback done);
+                    DoneCallback done, FirstTokenCallback first_token = {});
 
   void OnReadDone(bool ok) override;
   void OnDone(const grpc::Status& status) override;
@@ -33,6 +35,7 @@ class StreamCall final : public grpc::ClientReadReactor<v1::GenerateResponse> {
   v1::GenerateRequest request_;
   v1::GenerateResponse response_;
   DoneCallback done_;
+  FirstTokenCallback first_token_;
   Clock::time_point sent_;
   Clock::time_point last_chunk_;
   RequestRecord record_;

@@ -74,6 +74,9 @@ Schema MakeSchema(ServerConfig* c) {
       {"scheduler",
        {{"max_num_seqs", Field(&e.max_num_seqs)},
         {"max_num_batched_tokens", Field(&e.max_num_batched_tokens)},
+        {"max_prefill_tokens", Field(&e.max_prefill_tokens)},
+        {"max_prefill_chunk", Field(&e.max_prefill_chunk)},
+        {"max_num_partial_prefills", Field(&e.max_num_partial_prefills)},
         {"max_waiting_requests", Field(&e.max_waiting_requests)},
         {"max_model_len", Field(&e.max_model_len)},
         {"enable_prefix_caching", Field(&e.enable_prefix_caching)},
@@ -138,6 +141,17 @@ absl::Status CheckRanges(const ServerConfig& c, std::string_view source) {
   if (c.engine.max_num_seqs < 1) return bad("scheduler.max_num_seqs", "must be positive");
   if (c.engine.max_num_batched_tokens < 1) {
     return bad("scheduler.max_num_batched_tokens", "must be positive");
+  }
+  if (c.engine.max_prefill_tokens < 0) return bad("scheduler.max_prefill_tokens", "must be >= 0");
+  if (c.engine.max_prefill_tokens > c.engine.max_num_batched_tokens) {
+    return bad("scheduler.max_prefill_tokens",
+               absl::StrCat("(", c.engine.max_prefill_tokens,
+                            ") must be <= scheduler.max_num_batched_tokens (",
+                            c.engine.max_num_batched_tokens, ")"));
+  }
+  if (c.engine.max_prefill_chunk < 0) return bad("scheduler.max_prefill_chunk", "must be >= 0");
+  if (c.engine.max_num_partial_prefills < 0) {
+    return bad("scheduler.max_num_partial_prefills", "must be >= 0");
   }
   if (c.engine.max_waiting_requests < 1) {
     return bad("scheduler.max_waiting_requests", "must be positive");

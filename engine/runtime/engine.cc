@@ -87,6 +87,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineConfig& confi
   SchedulerConfig sc;
   sc.max_num_seqs = config.max_num_seqs;
   sc.max_num_batched_tokens = config.max_num_batched_tokens;
+  sc.max_prefill_tokens = config.max_prefill_tokens;
+  sc.max_prefill_chunk = config.max_prefill_chunk;
+  sc.max_num_partial_prefills = config.max_num_partial_prefills;
   sc.block_size = model->pool.block_size;
   sc.num_blocks = model->pool.num_blocks;
   sc.max_sequences = model->pool.max_sequences;
@@ -193,12 +196,13 @@ absl::Status Engine::Validate(const GenerationRequest& request) const {
   if (absl::Status s = ValidateSamplingParams(request.sampling); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("sampling: ", s.message()));
   }
+  const char* chunk_key = nullptr;
+  const int32_t max_chunk = MaxPrefillChunk(scheduler_->config(), &chunk_key);
   if (request.reproducible && model_.pool.format.sals &&
-      static_cast<int64_t>(request.prompt.size()) > config_.max_num_batched_tokens) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("reproducible: the prompt (", request.prompt.size(),
-                     " tokens) must fit one prefill step (scheduler.max_num_batched_tokens = ",
-                     config_.max_num_batched_tokens, ")"));
+      static_cast<int64_t>(request.prompt.size()) > max_chunk) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "reproducible: the prompt (", request.prompt.size(),
+        " tokens) must fit one prefill chunk (scheduler.", chunk_key, " = ", max_chunk, ")"));
   }
   if (request.policy && model_.pool.format.sals) {
     if (absl::Status s = ValidateSalsPolicy(*request.policy, *model_.pool.format.sals); !s.ok()) {
@@ -387,12 +391,10 @@ void Engine::Step() {
 
   std::vector<int32_t> sampled(plan.seqs.size(), -1);
   StepStats stats;
+  stats.prefill_tokens = plan.num_prefill_tokens;
+  stats.decode_tokens = plan.num_batched_tokens - plan.num_prefill_tokens;
   for (size_t i = 0; i < plan.seqs.size(); ++i) {
-    const ScheduledSequence& s = plan.seqs[i];
-    (s.num_tokens == 1 && s.context_len >= s.seq->num_prompt_tokens ? stats.decode_tokens
-                                                                    : stats.prefill_tokens) +=
-        s.num_tokens;
-    if (s.sample) sampled[i] = results[i].token;
+    if (plan.seqs[i].sample) sampled[i] = results[i].token;
   }
   if (absl::Status s = scheduler_->Postprocess(plan, sampled); !s.ok()) return FailAll(s);
   for (size_t i = 0; i < plan.seqs.size(); ++i) {

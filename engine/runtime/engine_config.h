@@ -45,8 +45,13 @@ struct EngineConfig {
   // Scheduling.
   int max_num_seqs = 64;              // running sequences at once
   int max_num_batched_tokens = 2048;  // tokens per step (prefill chunks + decodes)
-  int max_waiting_requests = 1024;    // queued beyond this: RESOURCE_EXHAUSTED
-  int max_model_len = 0;              // prompt + max_tokens; 0 = the model's limit
+  // Prefill tokens per step apart from the decodes, which are planned first; 0 = what
+  // max_num_batched_tokens leaves (SchedulerConfig).
+  int max_prefill_tokens = 0;
+  int max_prefill_chunk = 0;         // tokens of one prompt per step at most; 0 = no cap
+  int max_num_partial_prefills = 0;  // prompts prefilling at once at most; 0 = no cap
+  int max_waiting_requests = 1024;   // queued beyond this: RESOURCE_EXHAUSTED
+  int max_model_len = 0;             // prompt + max_tokens; 0 = the model's limit
   bool enable_prefix_caching = true;
   uint64_t seed = 0;  // seeds requests that bring no seed
 };

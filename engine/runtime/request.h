@@ -28,7 +28,7 @@ struct GenerationRequest {
   // SALS pools: compute this request as if it ran alone on an empty server (no prefix-cache
   // hits, the prompt in one prefill chunk, a preemption replayed token by token), so that its
   // output does not depend on what the cache holds or what else runs (Sequence::reproducible,
-  // docs/SALS.md). The prompt must fit one step (max_num_batched_tokens). No effect on dense
+  // docs/SALS.md). The prompt must fit one prefill chunk (MaxPrefillChunk). No effect on dense
   // pools, whose cached and chunked contexts are exact anyway.
   bool reproducible = false;
 };

@@ -1,6 +1,8 @@
 #include "engine/sched/scheduler.h"
 
 #include <algorithm>
+#include <cstdint>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 
@@ -15,18 +17,39 @@ absl::Status ValidateSchedulerConfig(const SchedulerConfig& c) {
   for (const absl::Status& st :
        {at_least("max_num_seqs", c.max_num_seqs, 1),
         at_least("max_num_batched_tokens", c.max_num_batched_tokens, 1),
+        at_least("max_prefill_tokens", c.max_prefill_tokens, 0),
         at_least("max_prefill_chunk", c.max_prefill_chunk, 0),
+        at_least("max_num_partial_prefills", c.max_num_partial_prefills, 0),
         at_least("block_size", c.block_size, 1), at_least("num_blocks", c.num_blocks, 1),
         at_least("max_sequences", c.max_sequences, 0),
         at_least("watermark_blocks", c.watermark_blocks, 0),
         at_least("prefix_cache_recompute_tokens", c.prefix_cache_recompute_tokens, 1)}) {
     if (!st.ok()) return st;
   }
+  if (c.max_prefill_tokens > c.max_num_batched_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("max_prefill_tokens (", c.max_prefill_tokens,
+                                                   ") must be <= max_num_batched_tokens (",
+                                                   c.max_num_batched_tokens, ")"));
+  }
   if (c.watermark_blocks >= c.num_blocks) {
     return absl::InvalidArgumentError(absl::StrCat("watermark_blocks (", c.watermark_blocks,
                                                    ") must be < num_blocks (", c.num_blocks, ")"));
   }
   return absl::OkStatus();
+}
+
+int32_t MaxPrefillChunk(const SchedulerConfig& config, const char** key) {
+  int32_t limit = config.max_num_batched_tokens;
+  const char* name = "max_num_batched_tokens";
+  for (const auto& [value, cap_name] : {std::pair{config.max_prefill_tokens, "max_prefill_tokens"},
+                                        std::pair{config.max_prefill_chunk, "max_prefill_chunk"}}) {
+    if (value > 0 && value < limit) {
+      limit = value;
+      name = cap_name;
+    }
+  }
+  if (key != nullptr) *key = name;
+  return limit;
 }
 
 absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(const SchedulerConfig& config) {
@@ -73,28 +96,38 @@ absl::Status Scheduler::Add(Sequence* seq) {
   return absl::OkStatus();
 }
 
-void Scheduler::PlanChunk(Sequence* seq, StepPlan* plan, int32_t* budget) const {
-  int32_t n = seq->num_tokens() - seq->num_computed_tokens;
-  if (seq->reproducible) {
+int32_t Scheduler::ChunkTokens(const Sequence& seq, int32_t budget) const {
+  int32_t n = seq.num_tokens() - seq.num_computed_tokens;
+  if (seq.reproducible) {
     // The prompt alone (after a preemption the generated tokens follow), then one token a step:
     // each output token's KV is recomputed by the same kind of step that first produced it.
-    n = seq->num_computed_tokens < seq->num_prompt_tokens
-            ? std::min(n, seq->num_prompt_tokens - seq->num_computed_tokens)
+    n = seq.num_computed_tokens < seq.num_prompt_tokens
+            ? std::min(n, seq.num_prompt_tokens - seq.num_computed_tokens)
             : std::min(n, 1);
   }
   if (config_.max_prefill_chunk > 0) n = std::min(n, config_.max_prefill_chunk);
-  n = std::min(n, *budget);
+  return std::min(n, budget);
+}
+
+namespace {
+
+// Appends `seq`'s next `n` tokens to `plan`.
+void AddToPlan(Sequence* seq, int32_t n, StepPlan* plan) {
   plan->seqs.push_back(
       {seq, n, seq->num_computed_tokens, seq->num_computed_tokens + n == seq->num_tokens()});
-  *budget -= n;
+  plan->num_batched_tokens += n;
 }
+
+}  // namespace
 
 StepPlan Scheduler::Schedule() {
   StepPlan plan;
   int32_t budget = config_.max_num_batched_tokens;
-  // Oldest first; victims come from the back, so nothing planned is preempted.
+  planned_.assign(running_.size(), 0);
+  // Decodes, oldest first. Victims come from the back (the newest), so none is planned already.
   for (size_t i = 0; i < running_.size() && budget > 0; ++i) {
     Sequence* seq = running_[i];
+    if (!IsDecode(*seq)) continue;
     while (!blocks_.AppendSlot(seq)) {
       Sequence* victim = running_.back();
       Preempt(victim);
@@ -102,24 +135,42 @@ StepPlan Scheduler::Schedule() {
       if (victim == seq) break;
     }
     if (seq->status != SequenceStatus::kRunning) break;
-    PlanChunk(seq, &plan, &budget);
+    planned_[i] = 1;
+    --budget;
+  }
+  // Running prefills, oldest first, in what the decodes left of the prefill budget. Their block
+  // tables already cover every pending token (BlockManager::Allocate).
+  int32_t prefill_budget =
+      config_.max_prefill_tokens > 0 ? std::min(config_.max_prefill_tokens, budget) : budget;
+  int32_t prefilling = 0;
+  for (size_t i = 0; i < running_.size(); ++i) {
+    const Sequence& seq = *running_[i];
+    if (IsDecode(seq)) continue;
+    ++prefilling;
+    planned_[i] = ChunkTokens(seq, prefill_budget);
+    prefill_budget -= planned_[i];
+    plan.num_prefill_tokens += planned_[i];
+  }
+  for (size_t i = 0; i < running_.size(); ++i) {
+    if (planned_[i] > 0) AddToPlan(running_[i], planned_[i], &plan);
   }
   // After a preemption the pool is short: admitting now would only preempt again.
-  if (plan.num_preempted == 0) Admit(&plan, &budget);
-  plan.num_batched_tokens = config_.max_num_batched_tokens - budget;
+  if (plan.num_preempted == 0) Admit(&plan, &prefill_budget, prefilling);
   return plan;
 }
 
-void Scheduler::Admit(StepPlan* plan, int32_t* budget) {
+void Scheduler::Admit(StepPlan* plan, int32_t* prefill_budget, int32_t prefilling) {
   const bool uses_slots = config_.max_sequences > 0;
-  while (!waiting_.empty() && *budget > 0 &&
+  const int32_t max_prefilling =
+      config_.max_num_partial_prefills > 0 ? config_.max_num_partial_prefills : INT32_MAX;
+  while (!waiting_.empty() && *prefill_budget > 0 && prefilling < max_prefilling &&
          static_cast<int32_t>(running_.size()) < config_.max_num_seqs &&
          (!uses_slots || slots_.num_free() > 0)) {
     Sequence* seq = waiting_.front();
     // A reproducible sequence waits (FCFS) for a step with room for its whole prompt, unless no
     // step could ever hold it.
-    if (seq->reproducible && seq->num_prompt_tokens > *budget &&
-        seq->num_prompt_tokens <= PrefillChunkLimit()) {
+    if (seq->reproducible && seq->num_prompt_tokens > *prefill_budget &&
+        seq->num_prompt_tokens <= MaxPrefillChunk(config_)) {
       break;
     }
     const int32_t max_cached = config_.enable_prefix_caching && !seq->reproducible
@@ -135,7 +186,11 @@ void Scheduler::Admit(StepPlan* plan, int32_t* budget) {
     if (uses_slots) seq->exact_slot = *slots_.Allocate();
     seq->status = SequenceStatus::kRunning;
     running_.push_back(seq);
-    PlanChunk(seq, plan, budget);
+    const int32_t n = ChunkTokens(*seq, *prefill_budget);
+    AddToPlan(seq, n, plan);
+    plan->num_prefill_tokens += n;
+    *prefill_budget -= n;
+    ++prefilling;
     ++plan->num_admitted;
   }
 }

@@ -1,6 +1,9 @@
-// Continuous batching: each step takes the running sequences first (one decode token each, or
-// the next chunk of an unfinished prefill), then admits waiting sequences first come first
-// served while the token budget, the running cap, the KV blocks and the exact slots allow.
+// Continuous batching: each step plans the running decodes first (one token each, oldest first),
+// then prefill chunks (running sequences whose prompt, or recomputed context, is not all cached,
+// oldest first), then admits waiting sequences first come first served, while the step's token
+// budget, its prefill budget, the partial-prefill cap, the running cap, the KV blocks and the
+// exact slots allow. A long prompt is thus cut into chunks that share each step with every
+// running decode instead of stalling them.
 // When a running sequence needs a block and none is left, the newest running sequence is
 // preempted by recompute: its blocks and slot are released and it goes back to the front of the
 // waiting queue to be prefilled again over its prompt and the tokens generated so far.
@@ -10,7 +13,6 @@
 // its Postprocess.
 #pragma once
 
-#include <algorithm>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -29,8 +31,14 @@ namespace sals {
 
 struct SchedulerConfig {
   int32_t max_num_seqs = 256;             // running sequences at most
-  int32_t max_num_batched_tokens = 8192;  // tokens computed per step at most
-  int32_t max_prefill_chunk = 0;          // > 0: tokens per prefill chunk at most
+  int32_t max_num_batched_tokens = 8192;  // tokens computed per step at most: decodes + prefills
+  // > 0: prefill tokens per step at most (all chunks together), the decodes not counted; at most
+  // max_num_batched_tokens. 0: the prefills take whatever max_num_batched_tokens leaves.
+  int32_t max_prefill_tokens = 0;
+  int32_t max_prefill_chunk = 0;  // > 0: tokens of one sequence's prefill chunk at most
+  // > 0: sequences prefilling at once at most (running ones whose context is not all computed,
+  // admissions included); the others wait in the queue.
+  int32_t max_num_partial_prefills = 0;
   int32_t block_size = 16;
   int32_t num_blocks = 0;
   int32_t max_sequences = 0;  // exact slots (SALS storage); 0: sequences take no slot
@@ -56,8 +64,9 @@ struct ScheduledSequence {
 struct StepPlan {
   std::vector<ScheduledSequence> seqs;  // running sequences by arrival, then admitted ones
   int32_t num_batched_tokens = 0;
-  int32_t num_preempted = 0;  // this step
-  int32_t num_admitted = 0;   // this step
+  int32_t num_prefill_tokens = 0;  // of num_batched_tokens; the rest are decodes, one a sequence
+  int32_t num_preempted = 0;       // this step
+  int32_t num_admitted = 0;        // this step
 };
 
 struct SchedulerStats {
@@ -99,17 +108,12 @@ class Scheduler {
  private:
   explicit Scheduler(const SchedulerConfig& config);
 
-  // Plans `seq`'s next tokens (all pending ones, within the chunk cap and `budget`; for a
-  // reproducible sequence, see Sequence::reproducible).
-  void PlanChunk(Sequence* seq, StepPlan* plan, int32_t* budget) const;
-  // The most tokens one prefill chunk can have: the step budget, or the chunk cap if smaller.
-  int32_t PrefillChunkLimit() const {
-    return config_.max_prefill_chunk > 0
-               ? std::min(config_.max_prefill_chunk, config_.max_num_batched_tokens)
-               : config_.max_num_batched_tokens;
-  }
-  // Admits waiting sequences into `plan` while they fit.
-  void Admit(StepPlan* plan, int32_t* budget);
+  // How many of `seq`'s pending tokens this step computes: all of them, within the chunk cap and
+  // `budget` (for a reproducible sequence, see Sequence::reproducible).
+  int32_t ChunkTokens(const Sequence& seq, int32_t budget) const;
+  // Admits waiting sequences into `plan` while they fit `prefill_budget` and the caps;
+  // `prefilling` counts the running sequences that prefill.
+  void Admit(StepPlan* plan, int32_t* prefill_budget, int32_t prefilling);
   void FreeBlocksAndSlot(Sequence* seq);
   void Preempt(Sequence* seq);  // must be running_.back()
   // Frees blocks and slot, sets `status`, forgets the id (the caller updates the queues).
@@ -127,7 +131,18 @@ class Scheduler {
   absl::flat_hash_map<uint64_t, Sequence*> by_id_;
   uint64_t next_arrival_ = 0;
   int64_t num_preemptions_ = 0;
+  std::vector<int32_t> planned_;  // Schedule's scratch: tokens per running sequence
 };
+
+// The longest prefill chunk any step can plan: max_num_batched_tokens, or max_prefill_tokens or
+// max_prefill_chunk where smaller; `key` (optional) receives the name of the limiting key.
+int32_t MaxPrefillChunk(const SchedulerConfig& config, const char** key = nullptr);
+
+// True when `seq`'s next step is a decode: one pending token after at least one output (the
+// rest is prefill: a prompt, or a context recomputed after a preemption).
+inline bool IsDecode(const Sequence& seq) {
+  return seq.num_computed_tokens + 1 == seq.num_tokens() && seq.num_output_tokens() > 0;
+}
 
 // The backend's view of a plan: the new tokens of every planned sequence in plan order, and per
 // sequence its context length, the blocks covering context + new tokens, slot and policy. Reuses

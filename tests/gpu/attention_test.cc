@@ -1,5 +1,7 @@
 // Device tests of the paged decode and prefill attention kernels against cpu::AttendPaged, on
-// scattered block tables, odd context lengths, partial last blocks and GQA groups 1/4/8.
+// scattered block tables, odd context lengths, partial last blocks and GQA groups 1/4/8, and
+// chunked prefill on shapes that are awkward for tiles (chunk and prefix off tile and block
+// boundaries, chunks after a prefix-cache hit).
 #include "sals/kernels/attention.h"
 
 #include <gtest/gtest.h>
@@ -179,58 +181,88 @@ TEST_P(AttentionTest, DecodeMatchesReference) {
   }
 }
 
-TEST_P(AttentionTest, PrefillMatchesReference) {
-  const AttentionCase& p = GetParam();
-  auto rng = FreshRng();
+// One PrefillAttention launch over a batch whose sequence b computes q_lens[b] new tokens after
+// cached[b] cached ones, against cpu::AttendPaged row by row.
+void CheckPrefill(const AttentionCase& p, std::mt19937_64& rng, const std::vector<int32_t>& q_lens,
+                  const std::vector<int32_t>& cached) {
   const int num_heads = p.num_kv_heads * p.group;
   const int q_stride = (num_heads + 2 * p.num_kv_heads) * p.head_dim;
   const float scale = 1.0f / std::sqrt(static_cast<float>(p.head_dim));
+  const int batch = static_cast<int>(q_lens.size());
+  std::vector<int32_t> kv_lens(batch);
+  std::vector<int32_t> q_starts(batch + 1, 0);
+  for (int b = 0; b < batch; ++b) {
+    kv_lens[b] = cached[b] + q_lens[b];
+    q_starts[b + 1] = q_starts[b] + q_lens[b];
+  }
+  const int total_q = q_starts[batch];
+  const int max_q_len = *std::max_element(q_lens.begin(), q_lens.end());
+  ::testing::Message chunks;
+  chunks << "chunks (new tokens @ cached ones):";
+  for (int b = 0; b < batch; ++b) chunks << " " << q_lens[b] << "@" << cached[b];
+  SCOPED_TRACE(chunks.GetString());
+  HostCache cache = MakeCache(rng, kv_lens, p.num_kv_heads, p.head_dim, p.block_size);
+  DeviceCache d_cache(cache);
+  const Tensor16 q = RandomTensor(rng, p.dtype, static_cast<size_t>(total_q) * q_stride, -2, 2);
+  auto d_q = ToDevice(q.bits);
+  auto d_q_starts = ToDevice(q_starts);
+
+  std::vector<float> want(static_cast<size_t>(total_q) * num_heads * p.head_dim);
+  std::vector<float> scores(*std::max_element(kv_lens.begin(), kv_lens.end()));
+  const cpu::PagedKvView view = cache.View();
+  for (int b = 0; b < batch; ++b) {
+    for (int i = 0; i < q_lens[b]; ++i) {
+      const int row = q_starts[b] + i;
+      for (int h = 0; h < num_heads; ++h) {
+        cpu::AttendPaged(q.values.data() + static_cast<size_t>(row) * q_stride + h * p.head_dim,
+                         view, cache.Table(b), h / p.group, 0, cached[b] + i, scale, scores.data(),
+                         want.data() + (static_cast<size_t>(row) * num_heads + h) * p.head_dim);
+      }
+    }
+  }
+
+  auto d_out = PoisonedBuffer16(want.size());
+  SALS_ASSERT_OK(PrefillAttention(p.dtype, d_cache.View(cache), batch, num_heads, d_q.get(),
+                                  q_stride, d_q_starts.get(), max_q_len, scale, d_out.get(),
+                                  nullptr));
+  const std::vector<float> got = DecodeAll(p.dtype, ToHost(d_out));
+  // Q (scaled) and P enter the tensor cores as f16: about 2^-11 relative error on each.
+  ExpectClose(got, want, 4e-3f, Eps(p.dtype), "prefill");
+  EXPECT_LT(RelativeL2(got, want), p.dtype == DType::kF16 ? 3e-3 : 1e-2);
+}
+
+TEST_P(AttentionTest, PrefillMatchesReference) {
+  const AttentionCase& p = GetParam();
+  auto rng = FreshRng();
   struct Batch {
     std::vector<int32_t> q_lens;
     std::vector<int32_t> cached;  // tokens cached before the chunk
   };
-  for (const Batch& batch_spec : {Batch{{1}, {0}}, Batch{{130}, {0}},
-                                  Batch{{7, 64, 1}, {333, 5, 0}}, Batch{{200, 3}, {1000, 17}}}) {
-    const int batch = static_cast<int>(batch_spec.q_lens.size());
-    std::vector<int32_t> kv_lens(batch);
-    std::vector<int32_t> q_starts(batch + 1, 0);
-    for (int b = 0; b < batch; ++b) {
-      kv_lens[b] = batch_spec.cached[b] + batch_spec.q_lens[b];
-      q_starts[b + 1] = q_starts[b] + batch_spec.q_lens[b];
-    }
-    const int total_q = q_starts[batch];
-    const int max_q_len = *std::max_element(batch_spec.q_lens.begin(), batch_spec.q_lens.end());
-    SCOPED_TRACE(::testing::Message() << "batch=" << batch << " total_q=" << total_q);
-    HostCache cache = MakeCache(rng, kv_lens, p.num_kv_heads, p.head_dim, p.block_size);
-    DeviceCache d_cache(cache);
-    const Tensor16 q = RandomTensor(rng, p.dtype, static_cast<size_t>(total_q) * q_stride, -2, 2);
-    auto d_q = ToDevice(q.bits);
-    auto d_q_starts = ToDevice(q_starts);
-
-    std::vector<float> want(static_cast<size_t>(total_q) * num_heads * p.head_dim);
-    std::vector<float> scores(*std::max_element(kv_lens.begin(), kv_lens.end()));
-    const cpu::PagedKvView view = cache.View();
-    for (int b = 0; b < batch; ++b) {
-      for (int i = 0; i < batch_spec.q_lens[b]; ++i) {
-        const int row = q_starts[b] + i;
-        for (int h = 0; h < num_heads; ++h) {
-          cpu::AttendPaged(q.values.data() + static_cast<size_t>(row) * q_stride + h * p.head_dim,
-                           view, cache.Table(b), h / p.group, 0, batch_spec.cached[b] + i, scale,
-                           scores.data(),
-                           want.data() + (static_cast<size_t>(row) * num_heads + h) * p.head_dim);
-        }
-      }
-    }
-
-    auto d_out = PoisonedBuffer16(want.size());
-    SALS_ASSERT_OK(PrefillAttention(p.dtype, d_cache.View(cache), batch, num_heads, d_q.get(),
-                                    q_stride, d_q_starts.get(), max_q_len, scale, d_out.get(),
-                                    nullptr));
-    const std::vector<float> got = DecodeAll(p.dtype, ToHost(d_out));
-    // Q (scaled) and P enter the tensor cores as f16: about 2^-11 relative error on each.
-    ExpectClose(got, want, 4e-3f, Eps(p.dtype), "prefill");
-    EXPECT_LT(RelativeL2(got, want), p.dtype == DType::kF16 ? 3e-3 : 1e-2);
+  for (const Batch& batch : {Batch{{1}, {0}}, Batch{{130}, {0}}, Batch{{7, 64, 1}, {333, 5, 0}},
+                             Batch{{200, 3}, {1000, 17}}}) {
+    CheckPrefill(p, rng, batch.q_lens, batch.cached);
   }
+}
+
+// Chunked prefill as the scheduler cuts prompts, on shapes a tiled kernel finds awkward: chunks
+// that are no multiple of a 64- or 128-row tile, prefixes that end inside a KV block and inside
+// a KV tile, a chunk after a prefix-cache hit (the prefix a whole number of blocks), a prompt's
+// consecutive chunks in one batch's worth of sequences, and a decode row beside chunks. Head dim
+// 128 (the Llama shapes); PrefillMatchesReference covers the other dims.
+TEST_P(AttentionTest, ChunkedPrefillMatchesReferenceOnAwkwardShapes) {
+  const AttentionCase& p = GetParam();
+  if (p.head_dim != 128) GTEST_SKIP() << "head_dim 128 only";
+  auto rng = FreshRng();
+  const int bs = p.block_size;
+  // Chunk not a tile multiple, prefix inside a block and a tile.
+  CheckPrefill(p, rng, {193}, {1000});
+  // After a prefix-cache hit: the prefix whole blocks, the chunk starting a block.
+  CheckPrefill(p, rng, {129}, {16 * bs});
+  // Several rows of q tiles and KV tiles, the diagonal crossing tiles off their corners.
+  CheckPrefill(p, rng, {300}, {700});
+  // A prompt's chunks of 96 (then its remainder) side by side, a decode row, a chunk after a
+  // cache hit, and a one-token chunk after an odd prefix.
+  CheckPrefill(p, rng, {96, 96, 61, 1, 77, 1}, {0, 96, 192, 513, 4 * bs, 129});
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, AttentionTest, ::testing::ValuesIn(Cases()),

@@ -277,6 +277,55 @@ TEST(LoadtestIntegrationTest, ReportAddsUpAndMatchesTheServersMetrics) {
   EXPECT_EQ(lines, 3);
 }
 
+// Long prompts arriving while background streams decode: the load's figures are the long
+// prompts' alone, and the background streams' gaps during the load are reported apart.
+TEST(LoadtestIntegrationTest, BackgroundStreamsAreReportedApart) {
+  testing::TempDir dir;
+  ServerProcess server(dir / "server.log");
+  ASSERT_TRUE(server.WaitServing()) << ReadFile(dir / "server.log");
+  const std::string out = dir / "background.json";
+  ASSERT_EQ(RunProgram({SALS_LOADTEST_BINARY,
+                        "--target",
+                        server.address(),
+                        "--request-rate",
+                        "20",
+                        "--num-requests",
+                        "3",
+                        "--prompt-len",
+                        "1500",
+                        "--output-len",
+                        "3",
+                        "--background-streams",
+                        "2",
+                        "--background-prompt-len",
+                        "8",
+                        "--background-output-len",
+                        "24",
+                        "--warmup-requests",
+                        "0",
+                        "--timeout-s",
+                        "50",
+                        "--json",
+                        out,
+                        "--quiet"},
+                       dir / "background.log"),
+            0)
+      << ReadFile(dir / "background.log");
+  const json report = json::parse(ReadFile(out));
+  ASSERT_EQ(report["runs"].size(), 1u);
+  const json& run = report["runs"][0];
+  CheckRun(run);
+  EXPECT_EQ(run["requests"]["completed"], 3);
+  EXPECT_EQ(run["tokens"]["completed_output"], 9);
+  const json& background = run["background"];
+  EXPECT_EQ(background["streams"], 2);
+  EXPECT_GE(background["completed"].get<int64_t>(), 2);
+  EXPECT_EQ(background["failed"], 0);
+  EXPECT_EQ(background["output_tokens"].get<int64_t>() % 24, 0);
+  ExpectOrdered(background["itl_ms_during_load"], "background itl");
+  EXPECT_NE(ReadFile(dir / "background.log").find("bg ITL p50/p90/p99 ms"), std::string::npos);
+}
+
 TEST(LoadtestIntegrationTest, HealthProbeAndBadFlags) {
   testing::TempDir dir;
   ServerProcess server(dir / "server.log");

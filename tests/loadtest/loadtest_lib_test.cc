@@ -229,6 +229,52 @@ TEST(StatsTest, SummarizesARun) {
   EXPECT_DOUBLE_EQ(s.e2e_ms.max, 1100);
 }
 
+// Background streams are summarized apart: the load's figures leave them out, and only their
+// gaps that ended while the load's requests were in flight count.
+TEST(StatsTest, BackgroundStreamsAreApartAndWindowedByTheLoad) {
+  RunResult run;
+  run.plan.mode = RunPlan::Mode::kRate;
+  run.plan.request_rate = 0.5;
+  run.plan.background_streams = 2;
+  run.sent = 1;
+  run.wall_s = 1.0;
+  // The load: one request from 1.0 s to 1.5 s.
+  RequestRecord load = Record(grpc::StatusCode::OK, 400, 500, 2);
+  load.start_s = 1.0;
+  run.records.push_back(load);
+  // A stream sent at 0, first token at 0.1 s, then gaps of 200 ms but one of 250 ms: tokens at
+  // 0.3, 0.5, 0.7, 0.9, 1.1, 1.35, 1.55, ... s; two of them inside the load's span.
+  RequestRecord stream = Record(grpc::StatusCode::OK, 100, 1950, 10);
+  stream.background = true;
+  stream.itl_ms.assign(9, 200.0f);
+  stream.itl_ms[5] = 250.0f;
+  run.records.push_back(stream);
+  RequestRecord failed = Record(grpc::StatusCode::CANCELLED, 0, 10, 0);
+  failed.background = true;
+  run.records.push_back(failed);
+  const RunSummary s = Summarize(run, {50, 99}, Slo{});
+  EXPECT_EQ(s.completed, 1);
+  EXPECT_EQ(s.failed, 0);
+  EXPECT_EQ(s.completed_output_tokens, 2);
+  EXPECT_EQ(s.itl_ms.count, 1);
+  EXPECT_EQ(s.background_completed, 1);
+  EXPECT_EQ(s.background_failed, 1);
+  EXPECT_EQ(s.background_output_tokens, 10);
+  EXPECT_EQ(s.background_itl_ms.count, 2);
+  EXPECT_DOUBLE_EQ(s.background_itl_ms.max, 250.0);
+
+  ReportContext context;
+  context.percentiles = {50, 99};
+  const std::vector<RunSummary> runs = {s};
+  const std::string table = FormatTable(context, runs);
+  EXPECT_NE(table.find("rate 0.5/s + 2 background"), std::string::npos) << table;
+  EXPECT_NE(table.find("bg ITL p50/p99 ms"), std::string::npos) << table;
+  EXPECT_NE(table.find("2: 1/1"), std::string::npos) << table;
+  const nlohmann::json j = nlohmann::json::parse(ToJson(context, runs));
+  EXPECT_EQ(j["runs"][0]["background"]["streams"], 2);
+  EXPECT_EQ(j["runs"][0]["background"]["itl_ms_during_load"]["count"], 2);
+}
+
 TEST(ReportTest, TableJsonAndCsv) {
   RunResult run;
   run.plan.mode = RunPlan::Mode::kRate;

@@ -23,7 +23,8 @@ backend: {type: cuda, cpu_threads: 3, cuda_dtype: bf16}
 kv_cache: {format: sals-12.5, block_size: 32, num_blocks: 100, value_bits: 16,
            dense_layers: [0, 5]}
 attention: {topk_fraction: 0.25, token_budget: 512, select_all: true}
-scheduler: {max_num_seqs: 3, enable_prefix_caching: false}
+scheduler: {max_num_seqs: 3, enable_prefix_caching: false, max_prefill_tokens: 512,
+            max_prefill_chunk: 256, max_num_partial_prefills: 2}
 server: {listen: "127.0.0.1:1", shutdown_grace_seconds: 2.5}
 )",
                              "test.yaml");
@@ -39,6 +40,9 @@ server: {listen: "127.0.0.1:1", shutdown_grace_seconds: 2.5}
   EXPECT_EQ(c->engine.default_policy.token_budget, 512);
   EXPECT_TRUE(c->engine.default_policy.select_all);
   EXPECT_FALSE(c->engine.enable_prefix_caching);
+  EXPECT_EQ(c->engine.max_prefill_tokens, 512);
+  EXPECT_EQ(c->engine.max_prefill_chunk, 256);
+  EXPECT_EQ(c->engine.max_num_partial_prefills, 2);
   EXPECT_EQ(c->listen, "127.0.0.1:1");
   EXPECT_DOUBLE_EQ(c->shutdown_grace_seconds, 2.5);
 }
@@ -58,6 +62,12 @@ TEST(ServerConfigTest, RejectsUnknownKeysAndBadValuesByName) {
   ExpectError("scheduler: {max_num_seqs: many}", "scheduler.max_num_seqs");
   ExpectError("scheduler: {max_num_seqs: 0}", "scheduler.max_num_seqs");
   ExpectError("kv_cache: {memory_gib: -1}", "kv_cache.memory_gib");
+  ExpectError("scheduler: {max_prefill_tokens: -1}", "scheduler.max_prefill_tokens");
+  ExpectError("scheduler: {max_num_batched_tokens: 1024, max_prefill_tokens: 2048}",
+              "'scheduler.max_prefill_tokens' (2048) must be <= scheduler.max_num_batched_tokens "
+              "(1024)");
+  ExpectError("scheduler: {max_prefill_chunk: -3}", "scheduler.max_prefill_chunk");
+  ExpectError("scheduler: {max_num_partial_prefills: -1}", "scheduler.max_num_partial_prefills");
   ExpectError("backend: {type: tpu}", "backend.type");
   ExpectError("backend: {cpu_threads: -2}", "backend.cpu_threads");
   ExpectError("backend: {cuda_dtype: fp8}", "backend.cuda_dtype");

@@ -11,7 +11,8 @@ build="${BUILD_DIR:-build}"
 tests=(kernels_elementwise_test kernels_attention_test kernels_sals_kv_write_test
   kernels_sals_decode_test kernels_sals_materialize_test kernels_sampling_test cuda_backend_test
   cuda_calibration_test)
-benches=(bench_decode_attention bench_sals_attention bench_e2e_decode bench_sampling)
+benches=(bench_decode_attention bench_sals_attention bench_e2e_decode bench_sampling
+  bench_prefill_attention bench_e2e_prefill)
 programs=(sals-calibrate)
 if [ $# -gt 0 ]; then
   wanted=" $* "
@@ -30,7 +31,7 @@ mkdir -p .carry/bin .carry/lib
 for t in "${tests[@]}"; do cp "$build/tests/gpu/$t" .carry/bin/; done
 for b in "${benches[@]}"; do cp "$build/bench/$b" .carry/bin/; done
 for p in "${programs[@]}"; do cp "$build/tools/calibrate/$p" .carry/bin/; done
-if [[ " ${tests[*]} ${benches[*]} ${programs[*]} " =~ \ (cuda_backend_test|cuda_calibration_test|bench_e2e_decode|sals-calibrate)\  ]]; then
+if [[ " ${tests[*]} ${benches[*]} ${programs[*]} " =~ \ (cuda_backend_test|cuda_calibration_test|bench_e2e_decode|bench_e2e_prefill|sals-calibrate)\  ]]; then
   cp "$build/engine/backend/cuda/libsals_backend_cuda.so" .carry/bin/
 fi
 
@@ -58,7 +59,7 @@ export LD_LIBRARY_PATH="$here/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_L
 exec "$@"
 RUN
 cp tools/gpu/verify.sh .carry/verify.sh
-cp bench/sdpa_reference.py bench/gpt_fast_baseline.py .carry/
+cp bench/sdpa_reference.py bench/sdpa_prefill_reference.py bench/gpt_fast_baseline.py .carry/
 chmod +x .carry/run.sh .carry/verify.sh
 echo "packed: $(ls .carry/bin | wc -l) binaries, $(ls .carry/lib | wc -l) libraries," \
   "$(du -sh .carry | cut -f1)"

@@ -2,7 +2,8 @@
 # The device-side check, run from the repository root on the GPU machine after tools/gpu/pack.sh:
 # device facts, the GPU tests, compute-sanitizer over them, and the benchmarks. Logs and the
 # benchmark JSON go to $OUT (./out when unset); the summary prints last.
-# Usage: .carry/verify.sh [all|kernels|sals|sampling|backend|calibrate|tests]   (all by default)
+# Usage: .carry/verify.sh [all|kernels|sals|sampling|backend|calibrate|tests|prefill|e2e_prefill]
+#   (all by default; all leaves out prefill and e2e_prefill, which take minutes of device time)
 #   kernels: the dense kernel tests, memcheck and racecheck over them, bench_decode_attention;
 #   sals: the SALS kernel tests, memcheck over them, torch SDPA (FlashAttention-2, cuDNN) and
 #     bench_sals_attention in the same session (the ratios need both);
@@ -12,7 +13,11 @@
 #   calibrate: cuda_calibration_test (CUDA against CPU calibration on the fixtures) and the
 #     timing of sals-calibrate --backend cuda on the Llama-3.1-8B shape (synthetic weights), 512
 #     sequences of 4096 tokens (tools/calibrate/README.md);
-#   tests: every test binary, no sanitizer, no benchmark.
+#   tests: every test binary, no sanitizer, no benchmark;
+#   prefill: the prefill attention tests (chunks on awkward shapes included), memcheck over one
+#     chunked case, torch SDPA prefill (FlashAttention-2, cuDNN) and bench_prefill_attention in
+#     the same session (the ratios need both);
+#   e2e_prefill: bench_e2e_prefill (one 32K and one 128K prompt; dense and both SALS presets).
 # The benchmarks name the GPU in their JSON records (GPU=H100 or H200; from nvidia-smi if unset).
 set -uo pipefail
 out="${OUT:-out}"
@@ -119,6 +124,24 @@ if [ "$mode" = all ] || [ "$mode" = calibrate ]; then
     --out /tmp/sals_calibration_8b.safetensors >"$out/calibrate_8b.log" 2>&1
   summary+=("sals-calibrate 8B shape: rc=$? $(grep -E '^times:' "$out/calibrate_8b.log")")
   benches+=(calibrate_8b)
+fi
+
+if [ "$mode" = prefill ]; then
+  timeout 300 "$run" "$bin/kernels_attention_test" --gtest_brief=1 --gtest_filter='*Prefill*' \
+    >"$out/kernels_attention_test.log" 2>&1
+  rc=$?
+  summary+=("kernels_attention_test (prefill): rc=$rc $(grep -E '^\[  (PASSED|FAILED)  \]' \
+    "$out/kernels_attention_test.log" | tr '\n' ' ')")
+  tail -n 25 "$out/kernels_attention_test.log"
+  memcheck kernels_attention_test 200 --gtest_filter='*ChunkedPrefill*f16_d128_g4_kv2_bs16*'
+  PYTHONUNBUFFERED=1 timeout 420 python3 "$carry/sdpa_prefill_reference.py" \
+    --json "$out/sdpa_prefill.json" >"$out/sdpa_prefill.log" 2>&1
+  summary+=("sdpa_prefill_reference: rc=$?")
+  bench bench_prefill_attention 420 --sdpa "$out/sdpa_prefill.json" --gpu "$gpu"
+fi
+
+if [ "$mode" = e2e_prefill ]; then
+  bench bench_e2e_prefill 560 --kv dense,sals-25,sals-12.5 --gpu "$gpu"
 fi
 
 for b in "${benches[@]}"; do

@@ -103,6 +103,45 @@ TEST(EngineTest, ConcurrentRequestsMatchRunsAloneAndPreemptionRecomputes) {
   EXPECT_GT(preemptions, 0) << "the pool was meant to run out";
 }
 
+// Small prefill budgets cut the prompts into more, smaller chunks and hold some prompts in the
+// queue: the tokens stay the same, and a budget above the step's is refused by name.
+TEST(EngineTest, PrefillBudgetsKeepTheTokens) {
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 4; ++i) {
+    std::vector<int32_t> p;
+    for (int j = 0; j < 9 + 11 * i; ++j) p.push_back((29 * i + 13 * j + 5) % 2000);
+    prompts.push_back(p);
+  }
+  std::vector<std::vector<int32_t>> tokens[2];
+  for (const bool budgets : {false, true}) {
+    EngineConfig config = DenseConfig("mistral-gqa");
+    if (budgets) {
+      config.max_prefill_tokens = 6;
+      config.max_prefill_chunk = 4;
+      config.max_num_partial_prefills = 1;
+    }
+    auto engine = MakeEngine(config);
+    ASSERT_NE(engine, nullptr);
+    std::vector<std::shared_ptr<CollectingSink>> sinks;
+    for (const auto& p : prompts) {
+      sinks.push_back(std::make_shared<CollectingSink>());
+      ASSERT_TRUE(engine->Submit(Greedy(p, 6), sinks.back()).ok());
+    }
+    for (const auto& sink : sinks) {
+      ASSERT_TRUE(sink->Wait().has_value());
+      tokens[budgets].push_back(sink->tokens());
+    }
+  }
+  EXPECT_EQ(tokens[0], tokens[1]);
+
+  EngineConfig config = DenseConfig("mistral-gqa");
+  config.max_prefill_tokens = config.max_num_batched_tokens + 1;
+  const auto refused = Engine::Create(config, nullptr);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("max_prefill_tokens"), absl::string_view::npos)
+      << refused.status();
+}
+
 TEST(EngineTest, AbortEndsTheStreamAndFreesItsBlocks) {
   auto engine = MakeEngine(DenseConfig("llama2-mha"));
   ASSERT_NE(engine, nullptr);

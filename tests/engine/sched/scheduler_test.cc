@@ -64,8 +64,11 @@ class FakeEngine {
   StepPlan Step() {
     const SchedulerConfig& c = sched_->config();
     std::vector<const Sequence*> running_before;
+    std::set<const Sequence*> decodes_before;
     for (const auto& s : seqs_) {
-      if (s->status == SequenceStatus::kRunning) running_before.push_back(s.get());
+      if (s->status != SequenceStatus::kRunning) continue;
+      running_before.push_back(s.get());
+      if (IsDecode(*s)) decodes_before.insert(s.get());
     }
     StepPlan plan = sched_->Schedule();
 
@@ -74,6 +77,35 @@ class FakeEngine {
     for (const ScheduledSequence& s : plan.seqs) total += s.num_tokens;
     EXPECT_EQ(total, plan.num_batched_tokens);
     EXPECT_LE(total, c.max_num_batched_tokens);
+    // Decodes first: every running decode gets its token while the step budget has room for
+    // them all; prefill chunks fill the prefill budget, and only as many sequences prefill as
+    // the partial-prefill cap allows.
+    int32_t decodes = 0, prefills = 0;
+    for (const ScheduledSequence& s : plan.seqs) {
+      if (decodes_before.contains(s.seq)) {
+        EXPECT_EQ(s.num_tokens, 1);
+        ++decodes;
+      } else {
+        ++prefills;
+      }
+    }
+    if (plan.num_preempted == 0) {
+      EXPECT_EQ(decodes, std::min<int32_t>(static_cast<int32_t>(decodes_before.size()),
+                                           c.max_num_batched_tokens));
+    }
+    EXPECT_EQ(plan.num_prefill_tokens, total - decodes);
+    if (c.max_prefill_tokens > 0) {
+      EXPECT_LE(plan.num_prefill_tokens, c.max_prefill_tokens);
+    }
+    if (c.max_num_partial_prefills > 0) {
+      EXPECT_LE(prefills, c.max_num_partial_prefills);
+      int32_t prefilling = 0;
+      for (const auto& seq : seqs_) {
+        prefilling += seq->status == SequenceStatus::kRunning && !IsDecode(*seq) &&
+                      seq->num_computed_tokens < seq->num_tokens();
+      }
+      EXPECT_LE(prefilling, c.max_num_partial_prefills);
+    }
     EXPECT_LE(sched_->stats().num_running, c.max_num_seqs);
     const size_t num_old = plan.seqs.size() - plan.num_admitted;
     for (size_t i = 0; i < plan.seqs.size(); ++i) {
@@ -261,6 +293,111 @@ TEST(SchedulerTest, DecodesRunFirstAndPrefillsFillTheRest) {
   e.ExpectPoolReleased();
 }
 
+// A 32K-token prompt arriving while 8 streams decode: every step still carries all 8 decodes,
+// the prompt's chunks fill exactly the per-step prefill budget (the decodes are not counted in
+// it), and the prompt reaches its first token after ceil(32768 / budget) steps.
+TEST(SchedulerTest, LongPromptBesideDecodesKeepsEveryDecodeWithinThePrefillBudget) {
+  constexpr int32_t kPrompt = 32768;
+  constexpr int32_t kStreams = 8;
+  for (const int32_t budget : {2048, 8192, 5000}) {
+    SCOPED_TRACE(::testing::Message() << "max_prefill_tokens=" << budget);
+    SchedulerConfig c;
+    c.max_num_seqs = 16;
+    c.max_num_batched_tokens = 16384;
+    c.max_prefill_tokens = budget;
+    c.block_size = 16;
+    c.num_blocks = kPrompt / 16 + 64;
+    FakeEngine e(c);
+    std::vector<Sequence*> streams;
+    for (int i = 0; i < kStreams; ++i) streams.push_back(e.Add(Prompt(5, 10 * i), 100));
+    e.Step();  // the streams' prompts
+    for (const Sequence* s : streams) ASSERT_EQ(s->num_output_tokens(), 1);
+    Sequence* prompt = e.Add(Prompt(kPrompt, 3), 4);
+    int steps = 0;
+    while (prompt->num_output_tokens() == 0 && steps < 100) {
+      const StepPlan plan = e.Step();
+      ++steps;
+      ASSERT_EQ(plan.seqs.size(), kStreams + 1u);
+      for (int i = 0; i < kStreams; ++i) {
+        EXPECT_EQ(plan.seqs[i].seq, streams[i]);
+        EXPECT_EQ(plan.seqs[i].num_tokens, 1);
+        EXPECT_TRUE(plan.seqs[i].sample);
+      }
+      EXPECT_EQ(plan.seqs[kStreams].seq, prompt);
+      EXPECT_EQ(plan.seqs[kStreams].num_tokens,
+                std::min(budget, kPrompt - plan.seqs[kStreams].context_len));
+      EXPECT_EQ(plan.num_prefill_tokens, plan.seqs[kStreams].num_tokens);
+      EXPECT_EQ(plan.num_batched_tokens, kStreams + plan.num_prefill_tokens);
+    }
+    EXPECT_EQ(steps, (kPrompt + budget - 1) / budget);
+    for (const Sequence* s : streams) EXPECT_EQ(s->num_output_tokens(), 1 + steps);
+    ASSERT_TRUE(e.RunToCompletion(200));
+    e.ExpectOutputs();
+    e.ExpectPoolReleased();
+  }
+}
+
+// Without a prefill budget the prefill takes what the step budget leaves after the decodes.
+TEST(SchedulerTest, WithoutAPrefillBudgetPrefillsFillTheStepBudget) {
+  SchedulerConfig c = SmallConfig();  // 32 tokens a step
+  FakeEngine e(c);
+  for (int i = 0; i < 3; ++i) e.Add(Prompt(2, 10 * i), 20);
+  e.Step();
+  e.Add(Prompt(100, 500), 2);
+  const StepPlan plan = e.Step();
+  EXPECT_EQ(plan.num_batched_tokens, 32);
+  EXPECT_EQ(plan.num_prefill_tokens, 29);
+}
+
+// The prefill budget, the chunk cap and the partial-prefill cap together: a third prompt waits
+// in the queue while two prefill, though the prefill budget has room for it, and the decodes
+// never wait.
+TEST(SchedulerTest, PartialPrefillCapQueuesFurtherPrompts) {
+  SchedulerConfig c = SmallConfig();
+  c.max_num_batched_tokens = 64;
+  c.max_prefill_tokens = 40;
+  c.max_prefill_chunk = 16;
+  c.max_num_partial_prefills = 2;
+  FakeEngine e(c);
+  Sequence* d = e.Add(Prompt(3), 30);
+  e.Step();  // d decodes from now on
+  Sequence* a = e.Add(Prompt(40, 100), 2);
+  Sequence* b = e.Add(Prompt(40, 200), 2);
+  Sequence* f = e.Add(Prompt(4, 300), 2);
+  for (const int32_t chunk : {16, 16, 8}) {
+    const StepPlan plan = e.Step();
+    ASSERT_EQ(plan.seqs.size(), 3u);
+    EXPECT_EQ(plan.seqs[0].seq, d);
+    EXPECT_EQ(plan.seqs[0].num_tokens, 1);
+    EXPECT_EQ(plan.seqs[1].seq, a);
+    EXPECT_EQ(plan.seqs[1].num_tokens, chunk);
+    EXPECT_EQ(plan.seqs[2].seq, b);
+    EXPECT_EQ(plan.seqs[2].num_tokens, chunk);
+    EXPECT_EQ(f->status, SequenceStatus::kWaiting);  // two prefill already
+  }
+  // a and b decode now: f's turn.
+  const StepPlan plan = e.Step();
+  EXPECT_EQ(plan.num_admitted, 1);
+  EXPECT_EQ(plan.num_prefill_tokens, 4);
+  EXPECT_EQ(plan.num_batched_tokens, 7);
+  ASSERT_TRUE(e.RunToCompletion(100));
+  e.ExpectOutputs();
+  e.ExpectPoolReleased();
+}
+
+TEST(SchedulerTest, MaxPrefillChunkNamesTheLimitingKey) {
+  SchedulerConfig c = SmallConfig();
+  const char* key = nullptr;
+  EXPECT_EQ(MaxPrefillChunk(c, &key), 32);
+  EXPECT_STREQ(key, "max_num_batched_tokens");
+  c.max_prefill_tokens = 20;
+  EXPECT_EQ(MaxPrefillChunk(c, &key), 20);
+  EXPECT_STREQ(key, "max_prefill_tokens");
+  c.max_prefill_chunk = 12;
+  EXPECT_EQ(MaxPrefillChunk(c, &key), 12);
+  EXPECT_STREQ(key, "max_prefill_chunk");
+}
+
 TEST(SchedulerTest, RunningCapAndFcfsAdmission) {
   SchedulerConfig c = SmallConfig();
   c.max_num_seqs = 2;
@@ -298,7 +435,9 @@ TEST(SchedulerTest, RandomWorkloadsAlwaysFinish) {
     SchedulerConfig c;
     c.max_num_seqs = rand(1, 8);
     c.max_num_batched_tokens = rand(1, 64);
+    c.max_prefill_tokens = rand(0, 1) * rand(1, c.max_num_batched_tokens);
     c.max_prefill_chunk = rand(0, 1) * rand(1, 16);
+    c.max_num_partial_prefills = rand(0, 1) * rand(1, 3);
     c.block_size = rand(1, 8);
     c.num_blocks = rand(12, 40);
     c.max_sequences = rand(0, 1) * rand(1, 6);
@@ -521,6 +660,15 @@ TEST(SchedulerTest, RejectsBadConfigsAndPlans) {
   c.max_num_batched_tokens = 0;
   EXPECT_THAT(Scheduler::Create(c).status().message(),
               ::testing::HasSubstr("max_num_batched_tokens must be >= 1"));
+  c = SmallConfig();
+  c.max_prefill_tokens = 33;
+  EXPECT_THAT(
+      Scheduler::Create(c).status().message(),
+      ::testing::HasSubstr("max_prefill_tokens (33) must be <= max_num_batched_tokens (32)"));
+  c = SmallConfig();
+  c.max_num_partial_prefills = -1;
+  EXPECT_THAT(Scheduler::Create(c).status().message(),
+              ::testing::HasSubstr("max_num_partial_prefills must be >= 0"));
   c = SmallConfig();
   c.watermark_blocks = c.num_blocks;
   EXPECT_FALSE(Scheduler::Create(c).ok());
