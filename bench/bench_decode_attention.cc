@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "bench/bench_check.h"
+#include "bench/bench_device.h"
 #include "sals/kernels/attention.h"
 #include "sals/kernels/cuda_utils.h"
 
@@ -31,26 +32,13 @@ constexpr int kRuns = 30;
 constexpr size_t kRotationBytes = size_t{256} << 20;
 
 using bench::Check;
+using bench::FillRandom;
 
 struct Result {
   std::string attn;
   int kv_heads, batch, context, splits, tokens_per_split;
   double us, gbps;
 };
-
-// Fills `n` halves with a repeated 64 MiB block of uniform(-1, 1) values: random, never zero,
-// and cheap to lay over many GB.
-void FillRandom(__half* dst, size_t n, std::mt19937_64& rng) {
-  const size_t chunk = std::min(n, size_t{32} << 20);
-  std::vector<__half> host(chunk);
-  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
-  for (__half& h : host) h = __float2half_rn(dist(rng));
-  SALS_CUDA_CHECK(cudaMemcpy(dst, host.data(), chunk * sizeof(__half), cudaMemcpyHostToDevice));
-  for (size_t off = chunk; off < n; off += chunk) {
-    SALS_CUDA_CHECK(cudaMemcpy(dst + off, dst, std::min(chunk, n - off) * sizeof(__half),
-                               cudaMemcpyDeviceToDevice));
-  }
-}
 
 Result RunShape(const char* attn, int kv_heads, int batch, int context, const __half* k_pool,
                 const __half* v_pool, size_t pool_halves, std::mt19937_64& rng,
@@ -160,8 +148,8 @@ int Main(int argc, char** argv) {
   auto k_pool = Check(DeviceBuffer<__half>::Allocate(pool_halves));
   auto v_pool = Check(DeviceBuffer<__half>::Allocate(pool_halves));
   std::mt19937_64 rng(std::random_device{}());
-  FillRandom(k_pool.get(), pool_halves, rng);
-  FillRandom(v_pool.get(), pool_halves, rng);
+  FillRandom(k_pool.get(), k_pool.bytes(), rng, -1.0f, 1.0f);
+  FillRandom(v_pool.get(), v_pool.bytes(), rng, -1.0f, 1.0f);
   Stream stream = Check(Stream::Create());
   std::printf("measured device-to-device copy: %.0f GB/s (read + write)\n",
               MeasureCopyGBps(v_pool.get() + pool_halves / 2, k_pool.get(), stream.get()));

@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "bench/bench_check.h"
+#include "bench/bench_device.h"
 #include "nlohmann/json.hpp"
 #include "sals/kernels/attention.h"
 #include "sals/kernels/cuda_utils.h"
@@ -47,27 +48,9 @@ constexpr int kNumHeads = 32;
 constexpr int kBlockSize = 16;
 
 using bench::Check;
-
-// Fills `n` halves with a repeated block of uniform(lo, hi) values: random, never all zero, and
-// cheap to lay over GBs.
-void FillRandom(__half* dst, size_t n, std::mt19937_64& rng, float lo, float hi) {
-  const size_t chunk = std::min(n, size_t{16} << 20);
-  std::vector<__half> host(chunk);
-  std::uniform_real_distribution<float> dist(lo, hi);
-  for (__half& h : host) h = __float2half_rn(dist(rng));
-  SALS_CUDA_CHECK(cudaMemcpy(dst, host.data(), chunk * sizeof(__half), cudaMemcpyHostToDevice));
-  for (size_t off = chunk; off < n; off += chunk) {
-    SALS_CUDA_CHECK(cudaMemcpy(dst + off, dst, std::min(chunk, n - off) * sizeof(__half),
-                               cudaMemcpyDeviceToDevice));
-  }
-}
-
-template <typename T>
-DeviceBuffer<T> Upload(const std::vector<T>& host) {
-  auto d = Check(DeviceBuffer<T>::Allocate(host.size()));
-  Check(d.CopyFrom(host));
-  return d;
-}
+using bench::FillRandom;
+using bench::ParseList;
+using bench::Upload;
 
 // FLOPs of one causal chunk of `q` tokens after `prefix` cached ones, all heads.
 double CausalFlops(int64_t prefix, int64_t q) {
@@ -109,8 +92,8 @@ void RunPrompt(int kv_heads, int context, const std::vector<int>& chunks, std::m
   const size_t pool_halves = static_cast<size_t>(blocks) * kBlockSize * kv_heads * kHeadDim;
   auto k_pool = Check(DeviceBuffer<__half>::Allocate(pool_halves));
   auto v_pool = Check(DeviceBuffer<__half>::Allocate(pool_halves));
-  FillRandom(k_pool.get(), pool_halves, rng, -1.0f, 1.0f);
-  FillRandom(v_pool.get(), pool_halves, rng, -1.0f, 1.0f);
+  FillRandom(k_pool.get(), k_pool.bytes(), rng, -1.0f, 1.0f);
+  FillRandom(v_pool.get(), v_pool.bytes(), rng, -1.0f, 1.0f);
   std::vector<int32_t> table(blocks);
   std::iota(table.begin(), table.end(), 0);
   std::shuffle(table.begin(), table.end(), rng);
@@ -119,7 +102,7 @@ void RunPrompt(int kv_heads, int context, const std::vector<int>& chunks, std::m
   const int64_t q_stride = int64_t{kNumHeads} * kHeadDim;
   auto q = Check(DeviceBuffer<__half>::Allocate(static_cast<size_t>(context) * q_stride));
   auto out = Check(DeviceBuffer<__half>::Allocate(q.size()));
-  FillRandom(q.get(), q.size(), rng, -2.0f, 2.0f);
+  FillRandom(q.get(), q.bytes(), rng, -2.0f, 2.0f);
   const float scale = 1.0f / std::sqrt(static_cast<float>(kHeadDim));
 
   // kv_lens per chunk (chunk i ends at min((i + 1) * chunk, context)) and q_starts {0, q_len}.
@@ -195,23 +178,10 @@ using SdpaTimes = std::map<std::tuple<int, int, int, std::string>, std::pair<dou
 
 SdpaTimes ReadSdpa(const char* path) {
   SdpaTimes times;
-  if (path == nullptr) return times;
-  std::ifstream in(path);
-  if (!in) {
-    std::fprintf(stderr, "cannot read %s; SDPA columns left empty\n", path);
-    return times;
-  }
-  const nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
-  if (j.is_discarded() || !j.contains("results")) {
-    std::fprintf(stderr, "%s is not SDPA prefill results; SDPA columns left empty\n", path);
-    return times;
-  }
-  for (const auto& r : j["results"]) {
-    auto ms = [&](const char* key) {
-      return r.contains(key) && r[key].is_number() ? r[key].get<double>() : -1.0;
-    };
+  for (const auto& r : bench::ReadReferenceResults(path)) {
     times[{r["kv_heads"].get<int>(), r["context"].get<int>(), r["chunk"].get<int>(),
-           r["part"].get<std::string>()}] = {ms("flash_ms"), ms("cudnn_ms")};
+           r["part"].get<std::string>()}] = {bench::NumberOr(r, "flash_ms"),
+                                             bench::NumberOr(r, "cudnn_ms")};
   }
   return times;
 }
@@ -221,17 +191,6 @@ std::string Fixed(double v, const char* format) {
   char buf[32];
   std::snprintf(buf, sizeof(buf), format, v);
   return buf;
-}
-
-std::vector<int> ParseList(const char* text) {
-  std::vector<int> out;
-  for (const char* p = text; *p != '\0';) {
-    char* end = nullptr;
-    out.push_back(static_cast<int>(std::strtol(p, &end, 10)));
-    if (end == p || out.back() <= 0) return {};
-    p = *end == ',' ? end + 1 : end;
-  }
-  return out;
 }
 
 int Main(int argc, char** argv) {

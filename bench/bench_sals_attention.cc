@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "bench/bench_check.h"
+#include "bench/bench_device.h"
 #include "nlohmann/json.hpp"
 #include "sals/kernels/attention.h"
 #include "sals/kernels/cuda_utils.h"
@@ -56,6 +57,9 @@ constexpr int kRuns = 30;
 constexpr double kRotationBytes = 256.0 * (1 << 20);
 
 using bench::Check;
+using bench::FillRandom;
+using bench::ParseList;
+using bench::Upload;
 
 // Owns an instantiated CUDA graph captured from a stream.
 class Graph {
@@ -102,29 +106,6 @@ double TimeGraphs(const std::vector<Graph>& graphs, cudaStream_t stream) {
   for (int i = 0; i < kRuns; ++i) us[i] = 1e3 * Check(events[i + 1].ElapsedMsSince(events[i]));
   std::sort(us.begin(), us.end());
   return (us[kRuns / 2 - 1] + us[kRuns / 2]) / 2;
-}
-
-// Fills `bytes` of device memory with a repeated 64 MiB block of random fp16 values drawn from
-// [lo, hi): random, never zero, cheap to lay over many GB.
-void FillRandom(void* dst, size_t bytes, std::mt19937_64& rng, float lo, float hi) {
-  const size_t halves = bytes / 2;
-  const size_t chunk = std::min(halves, size_t{32} << 20);
-  std::vector<__half> host(chunk);
-  std::uniform_real_distribution<float> dist(lo, hi);
-  for (__half& h : host) h = __float2half_rn(dist(rng));
-  auto* d = static_cast<__half*>(dst);
-  SALS_CUDA_CHECK(cudaMemcpy(d, host.data(), chunk * sizeof(__half), cudaMemcpyHostToDevice));
-  for (size_t off = chunk; off < halves; off += chunk) {
-    SALS_CUDA_CHECK(cudaMemcpy(d + off, d, std::min(chunk, halves - off) * sizeof(__half),
-                               cudaMemcpyDeviceToDevice));
-  }
-}
-
-template <typename T>
-DeviceBuffer<T> Upload(const std::vector<T>& host) {
-  auto d = Check(DeviceBuffer<T>::Allocate(host.size()));
-  Check(d.CopyFrom(host));
-  return d;
 }
 
 int Rotations(double step_bytes, int batch, int context) {
@@ -395,23 +376,9 @@ struct Row {
 // SDPA times keyed by (kv_heads, batch, context).
 std::map<std::tuple<int, int, int>, std::pair<double, double>> ReadSdpa(const char* path) {
   std::map<std::tuple<int, int, int>, std::pair<double, double>> times;
-  if (path == nullptr) return times;
-  std::ifstream in(path);
-  if (!in) {
-    std::fprintf(stderr, "cannot read %s; SDPA columns left empty\n", path);
-    return times;
-  }
-  const nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
-  if (j.is_discarded() || !j.contains("results")) {
-    std::fprintf(stderr, "%s is not SDPA results; SDPA columns left empty\n", path);
-    return times;
-  }
-  for (const auto& r : j["results"]) {
-    auto us = [&](const char* key) {
-      return r.contains(key) && r[key].is_number() ? r[key].get<double>() : -1.0;
-    };
+  for (const auto& r : bench::ReadReferenceResults(path)) {
     times[{r["kv_heads"].get<int>(), r["batch"].get<int>(), r["context"].get<int>()}] = {
-        us("flash_us"), us("cudnn_us")};
+        bench::NumberOr(r, "flash_us"), bench::NumberOr(r, "cudnn_us")};
   }
   return times;
 }
@@ -437,16 +404,6 @@ int Main(int argc, char** argv) {
   std::string only_attn;
   std::vector<int> batches = {1, 8, 16, 32, 64};
   std::vector<int> contexts = {4096, 32768, 131072};
-  auto parse_list = [](const char* text) {
-    std::vector<int> out;
-    for (const char* p = text; *p != '\0';) {
-      char* end = nullptr;
-      out.push_back(static_cast<int>(std::strtol(p, &end, 10)));
-      if (end == p || out.back() <= 0) return std::vector<int>{};
-      p = *end == ',' ? end + 1 : end;
-    }
-    return out;
-  };
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--json") == 0 && i + 1 < argc) {
       json_path = argv[++i];
@@ -457,9 +414,9 @@ int Main(int argc, char** argv) {
     } else if (std::strcmp(argv[i], "--attn") == 0 && i + 1 < argc) {
       only_attn = argv[++i];
     } else if (std::strcmp(argv[i], "--batches") == 0 && i + 1 < argc) {
-      batches = parse_list(argv[++i]);
+      batches = ParseList(argv[++i]);
     } else if (std::strcmp(argv[i], "--contexts") == 0 && i + 1 < argc) {
-      contexts = parse_list(argv[++i]);
+      contexts = ParseList(argv[++i]);
     } else {
       batches.clear();
     }
