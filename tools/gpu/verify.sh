@@ -151,3 +151,13 @@ for b in "${benches[@]}"; do
 done
 echo "==== summary"
 printf '%s\n' "${summary[@]}"
+
+# The device tool brings back at most 8 files from $OUT: the logs travel as one archive, and the
+# JSON results as another when there are more than six of them.
+(
+  cd "$out" || exit 0
+  ls -- *.log *.txt 2>/dev/null | tar -cJf logs.tar.xz -T - && rm -f -- *.log *.txt
+  if [ "$(ls -- *.json 2>/dev/null | wc -l)" -gt 6 ]; then
+    tar -cJf results.tar.xz -- *.json && rm -f -- *.json
+  fi
+)
