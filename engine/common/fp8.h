@@ -7,12 +7,12 @@
 //   - NaN becomes 0x7f (positive quiet NaN); 0x7f and 0xff decode to NaN.
 #pragma once
 
+#include <bit>
 #include <cstdint>
 
 #if defined(__CUDACC__)
 #define SALS_FP8_HD __host__ __device__ inline
 #else
-#include <bit>
 #define SALS_FP8_HD inline
 #endif
 

@@ -17,13 +17,12 @@ uint16_t QuantizeFp8Row(const float* x, int64_t n, uint8_t* codes) {
   for (int64_t i = 0; i < n; ++i) {
     if (std::isfinite(x[i])) amax = std::max(amax, std::fabs(x[i]));
   }
-  // Round amax / 448 up to the next fp16, so amax / scale <= 448.
-  uint16_t scale_h = F32ToF16(amax / kFp8E4M3Max);
-  if (scale_h >= 0x7c00u) {
-    scale_h = kF16MaxFinite;  // |x| beyond 448 x 65504: the largest values saturate
-  } else if (F16ToF32(scale_h) * kFp8E4M3Max < amax) {
-    ++scale_h;
-  }
+  // The fp32 quotient amax / 448 rounded up (towards +inf) to fp16, as __float2half_ru on the
+  // device; past the largest finite fp16 the scale stays there (and the largest values saturate).
+  const float quotient = amax / kFp8E4M3Max;
+  uint16_t scale_h = F32ToF16(quotient);
+  if (scale_h < 0x7c00u && F16ToF32(scale_h) < quotient) ++scale_h;
+  if (scale_h >= 0x7c00u) scale_h = kF16MaxFinite;
   const float scale = F16ToF32(scale_h);
   for (int64_t i = 0; i < n; ++i) {
     codes[i] = scale > 0.0f ? F32ToFp8E4M3(x[i] / scale) : (std::isnan(x[i]) ? kFp8E4M3Nan : 0);

@@ -1,6 +1,7 @@
 // FP8 e4m3 storage of cached rows (kv_cache.dtype=fp8_e4m3): a row of n values is stored as n
-// e4m3 codes (engine/common/fp8.h) and one fp16 scale, scale = max|x| / 448 rounded up to fp16,
-// code_i = e4m3(x_i / scale) in fp32 arithmetic, so no finite value of the row saturates.
+// e4m3 codes (engine/common/fp8.h) and one fp16 scale: scale = the fp32 quotient max|x| / 448
+// rounded up to fp16 (largest finite fp16 at most), code_i = e4m3(x_i / scale) in fp32
+// arithmetic, so no finite value of the row goes past 448 by more than fp32 rounding.
 // Rows: a SALS layer's latent key of a token (one scale per token), a dense layer's K or V of one
 // KV head of a token (one scale per token and KV head). docs/SALS.md says why.
 // The CUDA kernels follow the same definition (scale: __float2half_ru(amax / 448.0f)); this is
