@@ -9,34 +9,43 @@
 namespace sals {
 namespace {
 
+// The dense and latent dtypes a configuration resolves to (latent: fp16 for a format without
+// SALS layers).
+struct Dtypes {
+  KvDType dense, latent;
+  bool operator==(const Dtypes&) const = default;
+};
+
 TEST(Fp8KvConfigTest, DtypeKeysResolveLikeVllmKvCacheDtype) {
   auto model = SyntheticModelConfig("llama-3.1-8b");
   ASSERT_TRUE(model.ok());
-  EngineConfig c;
-  c.kv_format = "sals-12.5";
-  auto plain = ResolveKvFormat(c, *model);
-  ASSERT_TRUE(plain.ok()) << plain.status();
-  EXPECT_FALSE(plain->UsesFp8());
-
-  c.kv_dtype = "fp8_e4m3";  // both sides, as vLLM's kv_cache_dtype
-  auto both = ResolveKvFormat(c, *model);
-  ASSERT_TRUE(both.ok()) << both.status();
-  EXPECT_EQ(both->dense_dtype, KvDType::kFp8E4M3);
-  EXPECT_EQ(both->sals->latent_dtype, KvDType::kFp8E4M3);
-
-  c.dense_dtype = "fp16";  // then one side back
-  auto latents = ResolveKvFormat(c, *model);
-  ASSERT_TRUE(latents.ok()) << latents.status();
-  EXPECT_EQ(latents->dense_dtype, KvDType::kF16);
-  EXPECT_EQ(latents->sals->latent_dtype, KvDType::kFp8E4M3);
-
-  EngineConfig preset;
-  preset.kv_format = "sals-12.5-fp8";
-  preset.latent_dtype = "fp16";
-  auto dense_only = ResolveKvFormat(preset, *model);
-  ASSERT_TRUE(dense_only.ok()) << dense_only.status();
-  EXPECT_EQ(dense_only->dense_dtype, KvDType::kFp8E4M3);
-  EXPECT_EQ(dense_only->sals->latent_dtype, KvDType::kF16);
+  constexpr KvDType k16 = KvDType::kF16, k8 = KvDType::kFp8E4M3;
+  struct Case {
+    const char* format;
+    const char* dtype;
+    const char* dense_dtype;
+    const char* latent_dtype;
+    Dtypes want;
+  };
+  for (const Case& t : {
+           Case{"sals-12.5", "auto", "auto", "auto", {k16, k16}},
+           Case{"sals-12.5", "fp8_e4m3", "auto", "auto", {k8, k8}},  // both, as vLLM's
+           Case{"sals-12.5", "fp8", "fp16", "auto", {k16, k8}},      // then one side back
+           Case{"sals-12.5-fp8", "auto", "auto", "fp16", {k8, k16}},
+           Case{"sals-25-fp8", "fp16", "auto", "auto", {k16, k16}},
+           Case{"dense", "fp8", "auto", "auto", {k8, k16}},
+       }) {
+    EngineConfig c;
+    c.kv_format = t.format;
+    c.kv_dtype = t.dtype;
+    c.dense_dtype = t.dense_dtype;
+    c.latent_dtype = t.latent_dtype;
+    auto format = ResolveKvFormat(c, *model);
+    ASSERT_TRUE(format.ok()) << format.status();
+    const Dtypes got{format->dense_dtype, format->sals ? format->sals->latent_dtype : k16};
+    EXPECT_TRUE(got == t.want) << t.format << " " << t.dtype << " " << t.dense_dtype << " "
+                               << t.latent_dtype;
+  }
 
   EngineConfig bad;
   bad.kv_dtype = "fp8_e5m2";
