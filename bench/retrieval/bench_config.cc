@@ -11,6 +11,9 @@
 namespace sals {
 namespace {
 
+const std::set<std::string> kBenchPresets = {"dense",     "sals-25",     "sals-12.5",
+                                             "dense-fp8", "sals-25-fp8", "sals-12.5-fp8"};
+
 // "0.25" or "1/4".
 bool ParseFraction(absl::string_view text, double* out) {
   std::vector<absl::string_view> parts = absl::StrSplit(text, '/');
@@ -32,10 +35,10 @@ absl::StatusOr<BenchConfig> ParseBenchConfig(std::string_view spec_view) {
   BenchConfig c;
   c.name = std::string(spec);
   c.kv_format = std::string(parts[0]);
-  if (c.kv_format != "dense" && c.kv_format != "sals-25" && c.kv_format != "sals-12.5") {
-    return absl::InvalidArgumentError(absl::StrCat("config '", spec, "': unknown preset '",
-                                                   c.kv_format,
-                                                   "' (known: dense, sals-25, sals-12.5)"));
+  if (!kBenchPresets.contains(c.kv_format)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config '", spec, "': unknown preset '", c.kv_format,
+        "' (known: dense, sals-25, sals-12.5, dense-fp8, sals-25-fp8, sals-12.5-fp8)"));
   }
   for (size_t i = 1; i < parts.size(); ++i) {
     if (parts[i] == "hit") {

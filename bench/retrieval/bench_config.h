@@ -17,13 +17,16 @@
 
 namespace sals {
 
+// "sals-25", "sals-12.5" and their "-fp8" variants; not "dense" nor "dense-fp8".
+inline bool IsSalsPreset(std::string_view kv_format) { return kv_format.starts_with("sals-"); }
+
 struct BenchConfig {
   std::string name;         // as given
-  std::string kv_format;    // "dense", "sals-25" or "sals-12.5"
+  std::string kv_format;    // "dense", "sals-25" or "sals-12.5", each optionally with "-fp8"
   SalsPolicy policy;        // requests' policy (SALS presets only)
   bool prefix_hit = false;  // scored on a prefix-cache hit ("hit")
 
-  bool is_sals() const { return kv_format != "dense"; }
+  bool is_sals() const { return IsSalsPreset(kv_format); }
 };
 
 // What the runner compares by default: dense, both SALS presets at their defaults, and SALS-12.5%

@@ -38,11 +38,13 @@ ABSL_FLAG(std::string, backend, "cpu",
           "cpu (fp32 reference) or cuda (libsals_backend_cuda.so next to this program or on "
           "LD_LIBRARY_PATH)");
 ABSL_FLAG(std::string, cases, "", "cases, one JSON object per line (make_cases.py)");
-ABSL_FLAG(std::vector<std::string>, configs,
-          absl::StrSplit(sals::kDefaultBenchConfigs, ',', absl::SkipEmpty()),
-          "configurations: dense, sals-25, sals-12.5, each SALS one optionally with :topk=F, "
-          ":budget=N, :score_dims=N, :rank=N, :sinks=N, :recent=N; any with :hit to score it on "
-          "prefix-cache hits");
+ABSL_FLAG(
+    std::vector<std::string>, configs,
+    absl::StrSplit(sals::kDefaultBenchConfigs, ',', absl::SkipEmpty()),
+    "configurations: dense, sals-25, sals-12.5 (each also with -fp8: fp8 e4m3 keys), each SALS "
+    "one optionally with :topk=F, "
+    ":budget=N, :score_dims=N, :rank=N, :sinks=N, :recent=N; any with :hit to score it on "
+    "prefix-cache hits");
 ABSL_FLAG(std::string, json, "", "write the full results here");
 ABSL_FLAG(std::string, calibration, "",
           "calibration file (default: sals_calibration.safetensors in --model)");
@@ -122,7 +124,7 @@ EngineConfig BaseEngineConfig(const std::string& kv_format, const std::vector<in
   ec.backend = absl::GetFlag(FLAGS_backend);
   ec.calibration_file = absl::GetFlag(FLAGS_calibration);
   ec.kv_format = kv_format;
-  if (kv_format != "dense" && !dense_layers.empty()) ec.dense_layers = dense_layers;
+  if (IsSalsPreset(kv_format) && !dense_layers.empty()) ec.dense_layers = dense_layers;
   ConfigureForPass(prepared.max_prompt, prepared.max_total, absl::GetFlag(FLAGS_max_in_flight), &ec,
                    prefix_hits);
   return ec;
@@ -143,7 +145,7 @@ absl::Status RunPreset(const std::string& kv_format, const std::vector<Retrieval
   if (!engine.ok()) {
     const absl::Status& s = engine.status();
     const bool carry_on = s.code() == absl::StatusCode::kUnimplemented ||
-                          (ec.backend == "cuda" && kv_format != "dense");
+                          (ec.backend == "cuda" && IsSalsPreset(kv_format));
     if (!carry_on) {
       return absl::Status(s.code(), absl::StrCat(kv_format, " engine: ", s.message()));
     }

@@ -30,6 +30,11 @@ struct EngineConfig {
 
   // KV pool: format preset ("dense", "sals-25", "sals-12.5"), then overrides.
   std::string kv_format = "sals-25";
+  // Element type of the stored keys, as vLLM's kv_cache_dtype: "auto" (the format's), "fp16",
+  // "fp8"/"fp8_e4m3" (dense K/V and latent keys); dense_dtype / latent_dtype override one side.
+  std::string kv_dtype = "auto";
+  std::string dense_dtype = "auto";
+  std::string latent_dtype = "auto";
   int block_size = 16;
   double kv_memory_gib = 0.25;  // pool size, used when num_blocks is 0
   int num_blocks = 0;

@@ -1,6 +1,7 @@
 #include "engine/runtime/model_setup.h"
 
 #include <filesystem>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "engine/backend/cpu/cpu_backend.h"
@@ -27,6 +28,22 @@ absl::StatusOr<KvCacheFormat> ResolveKvFormat(const EngineConfig& config,
                                                        " outside [0, ", model.num_layers, ")"));
       }
       format->dense_layer[l] = true;
+    }
+  }
+  for (const auto& [key, value, dense, latent] :
+       {std::tuple{"kv_cache.dtype", &config.kv_dtype, true, true},
+        std::tuple{"kv_cache.dense_dtype", &config.dense_dtype, true, false},
+        std::tuple{"kv_cache.latent_dtype", &config.latent_dtype, false, true}}) {
+    auto dtype = ParseKvDType(*value);
+    if (!dtype.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(key, ": ", dtype.status().message()));
+    }
+    if (!dtype->has_value()) continue;
+    if (dense) format->dense_dtype = **dtype;
+    if (latent && format->sals) format->sals->latent_dtype = **dtype;
+    if (latent && !dense && !format->sals) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(key, " needs a SALS format (kv_cache.format sals-25 or sals-12.5)"));
     }
   }
   if (format->sals) {

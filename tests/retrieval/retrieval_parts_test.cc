@@ -118,8 +118,18 @@ TEST(BenchConfigTest, ParsesPresetsAndPolicyKeys) {
   ASSERT_TRUE(dense_hit.ok()) << dense_hit.status();
   EXPECT_TRUE(dense_hit->prefix_hit);
 
-  for (const char* bad : {"sals-50", "dense:topk=0.5", "sals-25:topk=x", "sals-25:topk=1/0",
-                          "sals-25:colour=red", "sals-25:budget", "sals-25:hits"}) {
+  // The fp8 presets: dense-fp8 is no SALS pool (takes no policy keys), sals-*-fp8 are.
+  auto dense_fp8 = ParseBenchConfig("dense-fp8");
+  ASSERT_TRUE(dense_fp8.ok()) << dense_fp8.status();
+  EXPECT_FALSE(dense_fp8->is_sals());
+  auto sals_fp8 = ParseBenchConfig("sals-12.5-fp8:topk=1/4");
+  ASSERT_TRUE(sals_fp8.ok()) << sals_fp8.status();
+  EXPECT_TRUE(sals_fp8->is_sals());
+  EXPECT_EQ(sals_fp8->kv_format, "sals-12.5-fp8");
+
+  for (const char* bad :
+       {"sals-50", "dense:topk=0.5", "sals-25:topk=x", "sals-25:topk=1/0", "sals-25:colour=red",
+        "sals-25:budget", "sals-25:hits", "dense-fp8:topk=0.5", "sals-25-fp4"}) {
     EXPECT_FALSE(ParseBenchConfig(bad).ok()) << bad;
   }
   auto defaults = ParseBenchConfigs(

@@ -21,7 +21,7 @@ TEST(ServerConfigTest, ReadsEveryKindOfValue) {
 model: {path: /models/x, calibration: /c.safetensors}
 backend: {type: cuda, cpu_threads: 3, cuda_dtype: bf16}
 kv_cache: {format: sals-12.5, block_size: 32, num_blocks: 100, value_bits: 16,
-           dense_layers: [0, 5]}
+           dense_layers: [0, 5], dtype: fp8_e4m3, latent_dtype: fp16}
 attention: {topk_fraction: 0.25, token_budget: 512, select_all: true}
 scheduler: {max_num_seqs: 3, enable_prefix_caching: false, max_prefill_tokens: 512,
             max_prefill_chunk: 256, max_num_partial_prefills: 2}
@@ -34,6 +34,9 @@ server: {listen: "127.0.0.1:1", shutdown_grace_seconds: 2.5}
   EXPECT_EQ(c->engine.cpu_threads, 3);
   EXPECT_EQ(c->engine.cuda_dtype, "bf16");
   EXPECT_EQ(c->engine.kv_format, "sals-12.5");
+  EXPECT_EQ(c->engine.kv_dtype, "fp8_e4m3");
+  EXPECT_EQ(c->engine.latent_dtype, "fp16");
+  EXPECT_EQ(c->engine.dense_dtype, "auto");
   EXPECT_EQ(c->engine.block_size, 32);
   EXPECT_EQ(c->engine.value_bits, 16);
   EXPECT_EQ(c->engine.dense_layers, (std::vector<int>{0, 5}));

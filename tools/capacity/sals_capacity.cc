@@ -1,10 +1,12 @@
 // sals-capacity: what the KV cache presets cost for a model shape and how many contexts fit in a
 // memory budget. Bytes per token cover the whole model: dense layers, latent keys, value codes
-// and their scales, and each sequence's exact sink/recent tokens amortized over its context.
+// and their scales (fp8 codes and their scales too), and each sequence's exact sink/recent tokens
+// amortized over its context.
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <system_error>
 #include <vector>
@@ -31,7 +33,22 @@ namespace sals {
 namespace {
 
 constexpr int64_t kContexts[] = {4096, 32768, 131072};
-constexpr const char* kPresets[] = {"dense", "sals-25", "sals-12.5"};
+// Rows: every preset, then SALS-12.5% with fp8 on one side only (what each side buys).
+struct Row {
+  const char* label;
+  const char* preset;
+  std::optional<KvDType> dense_dtype, latent_dtype;  // overrides of the preset's
+};
+const Row kRows[] = {
+    {"dense", "dense", {}, {}},
+    {"dense-fp8", "dense-fp8", {}, {}},
+    {"sals-25", "sals-25", {}, {}},
+    {"sals-25-fp8", "sals-25-fp8", {}, {}},
+    {"sals-12.5", "sals-12.5", {}, {}},
+    {"sals-12.5-fp8", "sals-12.5-fp8", {}, {}},
+    {"sals-12.5+fp8 latents", "sals-12.5", {}, KvDType::kFp8E4M3},
+    {"sals-12.5+fp8 dense", "sals-12.5", KvDType::kFp8E4M3, {}},
+};
 
 absl::StatusOr<ModelConfig> LoadShape(const std::string& shape) {
   std::error_code ec;
@@ -64,25 +81,31 @@ absl::Status Capacity() {
   std::printf("%s: %d layers, kv_width %d (%d KV heads x %d); %g GiB, blocks of %d tokens\n",
               shape.c_str(), config->num_layers, config->kv_width(), config->num_kv_heads,
               config->head_dim, gib, block_size);
-  std::printf("%-10s | %-29s | %-20s | %-22s |\n", "", "KV bytes per token at",
+  std::printf("%-21s | %-29s | %-20s | %-22s |\n", "", "KV bytes per token at",
               "x smaller than dense", "contexts that fit");
-  std::printf("%-10s | %9s %9s %9s | %6s %6s %6s | %6s %7s %7s | %s\n", "preset", "4K", "32K",
+  std::printf("%-21s | %9s %9s %9s | %6s %6s %6s | %6s %7s %7s | %s\n", "preset", "4K", "32K",
               "128K", "4K", "32K", "128K", "4K", "32K", "128K", "dense layers");
-  for (const char* preset : kPresets) {
-    auto format = MakeKvCacheFormat(*config, preset);
+  for (const Row& r : kRows) {
+    const char* preset = r.label;
+    auto format = MakeKvCacheFormat(*config, r.preset);
     if (!format.ok()) {
-      std::printf("%-10s | not available: %s\n", preset,
+      std::printf("%-21s | not available: %s\n", preset,
                   std::string(format.status().message()).c_str());
       json["presets"].push_back(
           {{"preset", preset}, {"error", std::string(format.status().message())}});
       continue;
     }
+    if (r.dense_dtype) format->dense_dtype = *r.dense_dtype;
+    if (r.latent_dtype && format->sals) format->sals->latent_dtype = *r.latent_dtype;
     const KvBytes bytes = ComputeKvBytes(*config, *format, block_size);
-    nlohmann::json row = {{"preset", preset},
-                          {"paged_bytes_per_token", bytes.per_token},
-                          {"exact_bytes_per_sequence", bytes.exact_per_sequence},
-                          {"sparse_layers", format->NumSparseLayers()},
-                          {"contexts", nlohmann::json::array()}};
+    nlohmann::json row = {
+        {"preset", preset},
+        {"paged_bytes_per_token", bytes.per_token},
+        {"exact_bytes_per_sequence", bytes.exact_per_sequence},
+        {"sparse_layers", format->NumSparseLayers()},
+        {"dense_dtype", KvDTypeName(format->dense_dtype)},
+        {"latent_dtype", format->sals ? KvDTypeName(format->sals->latent_dtype) : "none"},
+        {"contexts", nlohmann::json::array()}};
     std::string per_token, ratio, fit;
     for (int64_t context : kContexts) {
       const double at = bytes.PerTokenAt(context);
@@ -94,7 +117,7 @@ absl::Status Capacity() {
       row["contexts"].push_back(
           {{"tokens", context}, {"bytes_per_token", at}, {"compression", x}, {"fit", n}});
     }
-    std::printf("%-10s |%s |%s |%s | %s\n", preset, per_token.c_str(), ratio.c_str(), fit.c_str(),
+    std::printf("%-21s |%s |%s |%s | %s\n", preset, per_token.c_str(), ratio.c_str(), fit.c_str(),
                 format->sals ? DenseLayers(*format).c_str() : "all");
     json["presets"].push_back(std::move(row));
   }

@@ -134,7 +134,7 @@ class CpuBackend : public Backend {
       ApplyRope(ix, qkv.data());
       if (dense) {
         const cpu::PagedKvView kv = kv_->DenseView(l);
-        WriteDense(batch, ix, kv, qkv.data());
+        WriteDense(l, batch, ix, kv, qkv.data());
         AttendDense(batch, ix, kv, qkv.data(), attn.data());
       } else {
         for (size_t s = 0; s < batch.seqs.size(); ++s) {
@@ -189,13 +189,12 @@ class CpuBackend : public Backend {
     }
   }
 
-  void WriteDense(const ForwardBatch& batch, const TokenIndex& ix, const cpu::PagedKvView& kv,
-                  const float* qkv) const {
+  void WriteDense(int layer, const ForwardBatch& batch, const TokenIndex& ix,
+                  const cpu::PagedKvView& kv, const float* qkv) {
     const int qw = config_.q_width(), kvw = config_.kv_width(), row = qw + 2 * kvw;
     for (size_t i = 0; i < ix.pos.size(); ++i) {
       const int64_t off = kv.Offset(batch.seqs[ix.seq[i]].block_table, ix.pos[i], 0);
-      std::copy_n(qkv + i * row + qw, kvw, kv.k + off);
-      std::copy_n(qkv + i * row + qw + kvw, kvw, kv.v + off);
+      kv_->WriteDense(layer, off, qkv + i * row + qw, qkv + i * row + qw + kvw);
     }
   }
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "engine/kv/fp8_quant.h"
 #include "engine/kv/value_quant.h"
 
 namespace sals::cpu {
@@ -48,6 +49,17 @@ PagedKvView CpuKvStore::DenseView(int layer) {
                      config_.num_kv_heads, config_.head_dim};
 }
 
+void CpuKvStore::WriteDense(int layer, int64_t offset, const float* k, const float* v) {
+  float* kd = dense_k_[layer].data() + offset;
+  float* vd = dense_v_[layer].data() + offset;
+  std::copy_n(k, width_, kd);
+  std::copy_n(v, width_, vd);
+  if (pool_.format.dense_dtype == KvDType::kFp8E4M3) {
+    RoundTripFp8Rows(kd, width_, config_.head_dim);
+    RoundTripFp8Rows(vd, width_, config_.head_dim);
+  }
+}
+
 int64_t CpuKvStore::TokenSlot(std::span<const int32_t> table, int64_t pos) const {
   return static_cast<int64_t>(table[pos / pool_.block_size]) * pool_.block_size +
          pos % pool_.block_size;
@@ -77,6 +89,7 @@ void CpuKvStore::WriteSals(int layer, int slot, std::span<const int32_t> table, 
     const float* row = u.data() + static_cast<int64_t>(i) * basis_rank;
     for (int j = 0; j < rank_; ++j) latent[j] += row[j] * k_pre[i];
   }
+  if (pool_.format.sals->latent_dtype == KvDType::kFp8E4M3) RoundTripFp8Rows(latent, rank_, rank_);
   if (groups_ == 0) {
     std::copy_n(v, width_, sp.values.data() + t * width_);
   } else {

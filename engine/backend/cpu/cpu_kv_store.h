@@ -1,6 +1,8 @@
 // The CPU reference's KV pool: per layer either dense (post-RoPE K and V, fp32) or SALS
 // (latent keys fp32, values group-quantized in the kv/value_quant format, and per sequence slot
-// an exact copy of the sink tokens and a ring of the most recent tokens).
+// an exact copy of the sink tokens and a ring of the most recent tokens). With an fp8 dtype, dense
+// K/V (per KV head) and latent keys (per token) are quantized on write (kv/fp8_quant.h) and the
+// fp32 store holds their dequantized values: what reading codes and scale back would give.
 #pragma once
 
 #include <cstdint>
@@ -19,6 +21,9 @@ class CpuKvStore {
 
   bool IsDense(int layer) const { return pool_.format.IsDense(layer); }
   PagedKvView DenseView(int layer);
+  // Stores k and v (kv_width values each, post-RoPE) at `offset` of a dense layer's view,
+  // through fp8 when the format's dense dtype says so.
+  void WriteDense(int layer, int64_t offset, const float* k, const float* v);
 
   // SALS layers. Stores token `pos` of a sequence: latent U^T k_pre, quantized v, and exact
   // k_post / v when pos is a sink or (for now) among the most recent tokens.

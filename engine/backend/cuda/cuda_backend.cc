@@ -274,6 +274,7 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> Create(const ModelConfig& config,
     resolved.format.dense_layer.assign(config.num_layers, true);
   }
   if (absl::Status s = ValidateKvCacheFormat(config, resolved.format); !s.ok()) return s;
+  if (absl::Status s = CheckCudaKvFormat(resolved.format); !s.ok()) return s;
   if (const auto& sals = resolved.format.sals) {
     const SalsBasis& b = options.sals_basis;
     if (b.width != config.kv_width() || b.rank < sals->rank ||

@@ -88,6 +88,71 @@ TEST(KvBytesTest, ContextsThatFitIn120GiB) {
   }
 }
 
+TEST(KvBytesTest, Fp8PresetsCountCodesAndScales) {
+  // Dense layer in fp8: K and V, 8 KV heads x (128 codes + a 2-byte scale) = 2080 B (fp16: 4096).
+  // Sparse layer: latent rank codes + one 2-byte scale per token, values as before.
+  EXPECT_EQ(Bytes("llama-3.1-8b", "dense-fp8").per_token, 32 * 2080);
+  EXPECT_EQ(Bytes("llama-3.1-8b", "sals-25-fp8").per_token, 3 * 2080 + 29 * (258 + 512 + 128));
+  EXPECT_EQ(Bytes("llama-3.1-8b", "sals-12.5-fp8").per_token, 3 * 2080 + 29 * (130 + 256 + 128));
+  EXPECT_EQ(Bytes("llama-3.1-8b", "sals-12.5-fp8").per_token, 21146);
+  // The exact sink/recent copies stay fp16.
+  EXPECT_EQ(Bytes("llama-3.1-8b", "sals-12.5-fp8").exact_per_sequence, 80 * 4096 * 29);
+  EXPECT_EQ(Bytes("llama-3.1-8b", "sals-12.5-fp8").dense_fp16_per_token, 131072);
+  // llama-2-7b (32 KV heads, rank 512): 3 x 2 x 32 x 130 + 29 x (514 + 1024 + 512).
+  EXPECT_EQ(Bytes("llama-2-7b", "sals-12.5-fp8").per_token, 3 * 8320 + 29 * 2050);
+}
+
+TEST(KvBytesTest, Fp8OnOneSideOnly) {
+  auto config = SyntheticModelConfig("llama-3.1-8b");
+  ASSERT_TRUE(config.ok());
+  auto format = MakeKvCacheFormat(*config, "sals-12.5");
+  ASSERT_TRUE(format.ok());
+  format->sals->latent_dtype = KvDType::kFp8E4M3;
+  EXPECT_EQ(ComputeKvBytes(*config, *format, 16).per_token, 3 * 4096 + 29 * 514);
+  format->sals->latent_dtype = KvDType::kF16;
+  format->dense_dtype = KvDType::kFp8E4M3;
+  EXPECT_EQ(ComputeKvBytes(*config, *format, 16).per_token, 3 * 2080 + 29 * 640);
+}
+
+TEST(KvBytesTest, Fp8ContextsAt128KIn120GiB) {
+  // The target, >= 45 concurrent 128K contexts of the 8B shape, needs fp8 on both sides:
+  // 21146 B per token + 9502720 B of exact copies per sequence -> 46; latents alone 36, dense
+  // layers alone 39, neither 31.
+  EXPECT_EQ(Bytes("llama-3.1-8b", "sals-12.5-fp8").ContextsThatFit(131072, k120GiB), 46);
+  EXPECT_EQ(Bytes("llama-3.1-8b", "sals-25-fp8").ContextsThatFit(131072, k120GiB), 30);
+  EXPECT_EQ(Bytes("llama-3.1-8b", "dense-fp8").ContextsThatFit(131072, k120GiB), 14);
+  EXPECT_NEAR(131072.0 / Bytes("llama-3.1-8b", "sals-12.5-fp8").PerTokenAt(131072), 6.177, 1e-3);
+}
+
+TEST(KvBytesTest, PresetNamesAndDtypes) {
+  auto config = SyntheticModelConfig("llama-3.1-8b");
+  ASSERT_TRUE(config.ok());
+  auto fp8 = MakeKvCacheFormat(*config, "sals-25-fp8");
+  ASSERT_TRUE(fp8.ok());
+  EXPECT_EQ(fp8->dense_dtype, KvDType::kFp8E4M3);
+  EXPECT_EQ(fp8->sals->latent_dtype, KvDType::kFp8E4M3);
+  EXPECT_TRUE(fp8->UsesFp8());
+  auto plain = MakeKvCacheFormat(*config, "sals-25");
+  ASSERT_TRUE(plain.ok());
+  EXPECT_FALSE(plain->UsesFp8());
+  EXPECT_TRUE(CheckCudaKvFormat(*plain).ok());
+  const absl::Status cuda = CheckCudaKvFormat(*fp8);
+  EXPECT_EQ(cuda.code(), absl::StatusCode::kUnimplemented);
+  EXPECT_NE(cuda.message().find("kv_cache.dtype"), std::string::npos) << cuda;
+  auto unknown = MakeKvCacheFormat(*config, "dense-fp4");
+  EXPECT_FALSE(unknown.ok());
+  EXPECT_NE(unknown.status().message().find("'dense-fp4'"), std::string::npos);
+  EXPECT_NE(unknown.status().message().find("sals-12.5-fp8"), std::string::npos);
+
+  EXPECT_EQ(*ParseKvDType("fp8_e4m3"), KvDType::kFp8E4M3);
+  EXPECT_EQ(*ParseKvDType("fp8"), KvDType::kFp8E4M3);
+  EXPECT_EQ(*ParseKvDType("fp16"), KvDType::kF16);
+  EXPECT_FALSE(ParseKvDType("auto")->has_value());
+  const auto e5m2 = ParseKvDType("fp8_e5m2");
+  EXPECT_FALSE(e5m2.ok());
+  EXPECT_NE(e5m2.status().message().find("fp8_e4m3"), std::string::npos);
+}
+
 TEST(KvBytesTest, PartialBlocksAreWholeBlocks) {
   const KvBytes b = Bytes("llama-2-7b", "dense");
   // 17 tokens take 2 blocks of 16: 32 x 524288 B per sequence.

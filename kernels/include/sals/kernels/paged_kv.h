@@ -35,4 +35,22 @@ absl::Status WriteKvCache(DType src_dtype, const void* k, const void* v, int64_t
                           int64_t num_tokens, int num_kv_heads, int head_dim, const int64_t* slots,
                           __half* k_pool, __half* v_pool, cudaStream_t stream);
 
+// FP8 e4m3 K/V pools of a dense layer (kv_cache.dtype=fp8_e4m3): codes in the layout above (one
+// byte per element) and one fp16 scale per (slot, KV head), at slot * num_kv_heads + head.
+struct PagedKvCacheFp8Pools {
+  uint8_t* k_codes = nullptr;
+  uint8_t* v_codes = nullptr;
+  __half* k_scales = nullptr;
+  __half* v_scales = nullptr;
+};
+
+// WriteKvCache into fp8 pools: each KV head's row of a token is quantized as
+// engine/kv/fp8_quant.h's QuantizeFp8Row does (bit for bit, tests/gpu/kv_fp8_test.cc). At most
+// 32 KV heads (one warp each). Not used by the CUDA backend yet: it refuses fp8 formats
+// (CheckCudaKvFormat) until decode and prefill attention read these pools.
+absl::Status WriteKvCacheFp8(DType src_dtype, const void* k, const void* v, int64_t src_row_stride,
+                             int64_t num_tokens, int num_kv_heads, int head_dim,
+                             const int64_t* slots, const PagedKvCacheFp8Pools& pools,
+                             cudaStream_t stream);
+
 }  // namespace sals::kernels
