@@ -24,6 +24,8 @@
 #     with transformers' fp32 references to /tmp/real_shape, real_shape_parity_test runs the CUDA
 #     backend against them, and parity_record.py writes $OUT/real_shape_parity.json, the record to
 #     commit as tests/gpu/records/real_shape_parity.json (issue 16 item 3).
+#     PARITY_GENERATOR_ARGS adds generator options (e.g. "--only llama-3.1-8b"; "--tiny --device
+#     cpu" for a dry run of the plumbing without a GPU).
 # The benchmarks name the GPU in their JSON records (GPU=H100 or H200; from nvidia-smi if unset).
 set -uo pipefail
 out="${OUT:-out}"
@@ -151,9 +153,9 @@ if [ "$mode" = e2e_prefill ]; then
 fi
 
 if [ "$mode" = parity ]; then
-  models=/tmp/real_shape
+  models="${PARITY_MODELS_DIR:-/tmp/real_shape}"
   PYTHONUNBUFFERED=1 timeout 360 python3 "$carry/parity/make_real_shape_models.py" --out "$models" \
-    --layers "${PARITY_LAYERS:-2}" >"$out/make_real_shape_models.log" 2>&1
+    --layers "${PARITY_LAYERS:-2}" ${PARITY_GENERATOR_ARGS:-} >"$out/make_real_shape_models.log" 2>&1
   summary+=("make_real_shape_models: rc=$?")
   grep -vE 'Loading weights|Writing model shards' "$out/make_real_shape_models.log" | tail -n 12
   dirs="$(grep -E '^SALS_REAL_SHAPE_MODELS=' "$out/make_real_shape_models.log" | tail -n 1 |
@@ -162,7 +164,7 @@ if [ "$mode" = parity ]; then
     >"$out/real_shape_parity_test.log" 2>&1
   rc=$?
   grep -E '^\[(record|near-tie|DIVERGED)\]' "$out/real_shape_parity_test.log"
-  summary+=("real_shape_parity_test: rc=$rc $(grep -E '^\[  (PASSED|FAILED|SKIPPED)  \]' \
+  summary+=("real_shape_parity_test: rc=$rc $(grep -E '^\[  (PASSED|FAILED|SKIPPED) +\]' \
     "$out/real_shape_parity_test.log" | tr '\n' ' ')")
   python3 "$carry/parity/parity_record.py" --log "$out/real_shape_parity_test.log" --gpu "$gpu" \
     --command "bash .carry/verify.sh parity (PARITY_LAYERS=${PARITY_LAYERS:-2})" \
