@@ -5,7 +5,10 @@ A plain PyTorch Llama written the way gpt-fast writes it (github.com/pytorch-lab
 model.py and generate.py): static KV caches of [batch, kv_heads, max_len, head_dim] per layer,
 a boolean causal-mask table, GQA by repeat_interleave of the cached K/V, attention through
 scaled_dot_product_attention with that mask, RoPE from a precomputed table, bf16 weights, the
-one-token decode step compiled with torch.compile(mode="reduce-overhead", fullgraph=True).
+one-token decode step compiled with torch.compile(mode="reduce-overhead", fullgraph=True) and run
+under the math SDPA backend, which gpt-fast's decode loop selects so that Inductor generates the
+attention itself, with Inductor's coordinate-descent tuning on (gpt-fast's setting;
+--no_coordinate_descent skips it to save compile time).
 Weights are random (Llama-3.1-8B shape); the caches are full: every step decodes at position
 context - 1 over `context` cached tokens (max_len = context, as gpt-fast sizes its caches), so
 each step does the work of a step at that context. Tokens/s = batch / median step time (CUDA
@@ -13,7 +16,7 @@ events around each compiled step after the warm-up; the step's output is cloned 
 call, as gpt-fast's generate loop does with the token it keeps).
 
 Usage: python3 bench/gpt_fast_baseline.py --json gpt_fast.json [--gpu NAME]
-         [--shapes 8x4096,8x32768,4x65536] [--steps 20]
+         [--shapes 8x4096,8x32768,4x65536] [--steps 20] [--no_coordinate_descent]
 Writes {"results": [{"kind": "e2e", "gpu", "kv": "gpt-fast", "batch", "context", "tok_s"}]}.
 """
 
@@ -23,8 +26,10 @@ import statistics
 import sys
 
 import torch
+import torch._inductor.config
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 # Llama-3.1-8B.
 DIM = 4096
@@ -162,7 +167,7 @@ def measure(batch, context, steps, dev):
     token = torch.randint(0, VOCAB, (batch, 1), device=dev)
     input_pos = torch.tensor([context - 1], device=dev, dtype=torch.int64)
     times = []
-    with torch.no_grad():
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
         for i in range(WARMUP + steps):
             start = torch.cuda.Event(enable_timing=True)
             end = torch.cuda.Event(enable_timing=True)
@@ -183,7 +188,9 @@ def main():
     parser.add_argument("--gpu", default=None)
     parser.add_argument("--shapes", default="8x4096,8x32768,4x65536")
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--no_coordinate_descent", action="store_true")
     args = parser.parse_args()
+    torch._inductor.config.coordinate_descent_tuning = not args.no_coordinate_descent
     dev = torch.device("cuda")
     gpu = args.gpu or torch.cuda.get_device_name()
     results = []

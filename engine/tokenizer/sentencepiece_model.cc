@@ -1,5 +1,6 @@
 #include "engine/tokenizer/sentencepiece_model.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <functional>
@@ -125,6 +126,15 @@ absl::StatusOr<std::unique_ptr<SentencePieceModel>> SentencePieceModel::Load(
   model->remove_extra_whitespaces_ = norm.remove_extra_whitespaces();
   model->escape_whitespaces_ = norm.escape_whitespaces();
   model->unk_surface_ = trainer.unk_surface();
+  const std::string_view space = model->escape_whitespaces_ ? kSpaceSymbol : std::string_view(" ");
+  model->word_separable_ =
+      std::none_of(model->pieces_.begin(), model->pieces_.end(), [&](const Piece& p) {
+        for (size_t at = p.piece.find(space, 1); at != std::string::npos;
+             at = p.piece.find(space, at + 1)) {
+          if (!std::string_view(p.piece).substr(0, at).ends_with(space)) return true;
+        }
+        return false;
+      });
   return model;
 }
 
@@ -235,21 +245,54 @@ void SentencePieceModel::EncodeBpe(std::string_view normalized,
   for (int i = 0; i >= 0; i = symbols[i].next) resegment(symbols[i].piece);
 }
 
+void SentencePieceModel::AppendIds(const std::vector<std::pair<std::string, int32_t>>& pieces,
+                                   bool* previous_unknown, std::vector<int32_t>* ids) const {
+  for (const auto& [piece, id] : pieces) {
+    if (id == unk_id_ && byte_fallback_) {
+      for (unsigned char b : piece) ids->push_back(byte_ids_[b]);
+      continue;
+    }
+    // Without byte fallback a run of unknown pieces becomes one <unk>.
+    if (id == unk_id_ && *previous_unknown) continue;
+    *previous_unknown = id == unk_id_;
+    ids->push_back(id);
+  }
+}
+
 std::vector<int32_t> SentencePieceModel::Encode(std::string_view text) const {
   std::vector<std::pair<std::string, int32_t>> pieces;
   EncodeBpe(Normalize(text), &pieces);
   std::vector<int32_t> ids;
   ids.reserve(pieces.size());
   bool previous_unknown = false;
-  for (const auto& [piece, id] : pieces) {
-    if (id == unk_id_ && byte_fallback_) {
-      for (unsigned char b : piece) ids.push_back(byte_ids_[b]);
-      continue;
+  AppendIds(pieces, &previous_unknown, &ids);
+  return ids;
+}
+
+std::vector<int32_t> SentencePieceModel::EncodeAtMost(std::string_view text, size_t max_ids) const {
+  if (!word_separable_) return Encode(text);
+  constexpr size_t kStretchBytes = 4096;  // BPE's cost is per stretch; stop checks between them
+  const std::string normalized = Normalize(text);
+  const std::string_view all(normalized);
+  const std::string_view space = escape_whitespaces_ ? kSpaceSymbol : std::string_view(" ");
+  std::vector<int32_t> ids;
+  std::vector<std::pair<std::string, int32_t>> pieces;
+  bool previous_unknown = false;
+  for (size_t begin = 0; begin < all.size() && ids.size() <= max_ids;) {
+    // The stretch ends at the first word start (a space symbol after another character) past
+    // kStretchBytes, or at the end.
+    size_t end = all.size();
+    for (size_t at = all.find(space, begin + kStretchBytes); at != std::string_view::npos;
+         at = all.find(space, at + space.size())) {
+      if (!all.substr(0, at).ends_with(space)) {
+        end = at;
+        break;
+      }
     }
-    // Without byte fallback a run of unknown pieces becomes one <unk>.
-    if (id == unk_id_ && previous_unknown) continue;
-    previous_unknown = id == unk_id_;
-    ids.push_back(id);
+    pieces.clear();
+    EncodeBpe(all.substr(begin, end - begin), &pieces);
+    AppendIds(pieces, &previous_unknown, &ids);
+    begin = end;
   }
   return ids;
 }

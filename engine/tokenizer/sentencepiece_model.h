@@ -27,6 +27,10 @@ class SentencePieceModel {
       const std::filesystem::path& file);
 
   std::vector<int32_t> Encode(std::string_view text) const;
+  // Encode, stopping once more than max_ids ids are out (the result is then a prefix of
+  // Encode's): words go through BPE one stretch at a time when no piece of the vocabulary spans
+  // a word's start (see word_separable_), else the whole text at once.
+  std::vector<int32_t> EncodeAtMost(std::string_view text, size_t max_ids) const;
   // libsentencepiece's DecodeIds: control pieces vanish, unknown ones read " ⁇ ", byte pieces
   // form UTF-8 (one U+FFFD per invalid byte), "▁" reads as a space, the dummy prefix is dropped.
   std::string Decode(const std::vector<int32_t>& ids) const;
@@ -55,6 +59,10 @@ class SentencePieceModel {
   // BPE over one normalized string: (piece text, id) pairs, unknown pieces as unk_id.
   void EncodeBpe(std::string_view normalized,
                  std::vector<std::pair<std::string, int32_t>>* out) const;
+  // Appends the ids of BPE pieces (byte fallback; a run of unknown pieces is one <unk> without
+  // it, `previous_unknown` carrying the run across calls).
+  void AppendIds(const std::vector<std::pair<std::string, int32_t>>& pieces, bool* previous_unknown,
+                 std::vector<int32_t>* ids) const;
 
   std::vector<Piece> pieces_;
   absl::flat_hash_map<std::string, int32_t> mergeable_;  // normal, user-defined, unused pieces
@@ -66,6 +74,10 @@ class SentencePieceModel {
   bool add_dummy_prefix_ = true;
   bool remove_extra_whitespaces_ = false;
   bool escape_whitespaces_ = true;
+  // No piece holds a space symbol right after another character: BPE never merges across the
+  // start of a word (a space symbol after a non-space), so the normalized text's encoding is the
+  // concatenation of its stretches' encodings when cut there.
+  bool word_separable_ = false;
   std::string unk_surface_;
 };
 

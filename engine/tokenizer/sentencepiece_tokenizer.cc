@@ -1,5 +1,6 @@
 #include "engine/tokenizer/sentencepiece_tokenizer.h"
 
+#include <limits>
 #include <system_error>
 #include <utility>
 
@@ -64,10 +65,19 @@ void SentencePieceTokenizer::SetSpecialIds(int32_t bos_id, std::vector<int32_t> 
 }
 
 std::vector<int32_t> SentencePieceTokenizer::Encode(std::string_view text, bool add_bos) const {
-  const std::vector<int32_t> pieces = sp_->Encode(text);
+  return EncodeAtMost(text, add_bos, std::numeric_limits<size_t>::max());
+}
+
+std::vector<int32_t> SentencePieceTokenizer::EncodeAtMost(std::string_view text, bool add_bos,
+                                                          size_t max_tokens) const {
+  const bool bos = add_bos && add_bos_ && bos_id_ >= 0;
+  const size_t budget = max_tokens > 0 && bos ? max_tokens - 1 : max_tokens;
+  const std::vector<int32_t> pieces = budget == std::numeric_limits<size_t>::max()
+                                          ? sp_->Encode(text)
+                                          : sp_->EncodeAtMost(text, budget);
   std::vector<int32_t> ids;
   ids.reserve(pieces.size() + 1);
-  if (add_bos && add_bos_ && bos_id_ >= 0) ids.push_back(bos_id_);
+  if (bos) ids.push_back(bos_id_);
   ids.insert(ids.end(), pieces.begin(), pieces.end());
   return ids;
 }

@@ -30,6 +30,10 @@ class SentencePieceTokenizer final : public Tokenizer {
   // SentencePiece's encode (special-token text such as "<s>" stays plain text, as in
   // libsentencepiece), BOS first when asked.
   std::vector<int32_t> Encode(std::string_view text, bool add_bos) const override;
+  // Stops a long text once more than max_tokens ids are out, where the vocabulary lets words be
+  // encoded apart (SentencePieceModel::EncodeAtMost).
+  std::vector<int32_t> EncodeAtMost(std::string_view text, bool add_bos,
+                                    size_t max_tokens) const override;
   // skip_special: sentencepiece's DecodeIds (drops <s>/</s>, shows <unk> as " ⁇ ", one U+FFFD
   // per invalid byte). Otherwise HF's decoder for converted Llama tokenizers (Replace "▁" -> " ",
   // ByteFallback, Fuse, Strip one leading space) with control/unknown pieces as their text, e.g.

@@ -118,8 +118,10 @@ if [ "$mode" = all ] || [ "$mode" = backend ]; then
   # Prefill batch, padded decode graphs, rejected batches: the backend's launches and copies.
   memcheck cuda_backend_test 120 \
     --gtest_filter='*FreeGreedy*mistral_gqa_F16*:*RejectsBadBatches*'
+  # GPT_FAST_ARGS, e.g. "--no_coordinate_descent" (minutes less compiling) or "--shapes 8x32768".
+  # shellcheck disable=SC2086
   PYTHONUNBUFFERED=1 timeout 360 python3 "$carry/gpt_fast_baseline.py" --json "$out/gpt_fast.json" \
-    --gpu "$gpu" >"$out/gpt_fast.log" 2>&1
+    --gpu "$gpu" ${GPT_FAST_ARGS:-} >"$out/gpt_fast.log" 2>&1
   summary+=("gpt_fast_baseline: rc=$?")
   bench bench_e2e_decode 300 --kv dense,sals-25,sals-12.5 --gpt_fast "$out/gpt_fast.json" \
     --gpu "$gpu"
@@ -180,3 +182,13 @@ for b in "${benches[@]}"; do
 done
 echo "==== summary"
 printf '%s\n' "${summary[@]}"
+
+# The device tool brings back at most 8 files from $OUT: the logs travel as one archive, and the
+# JSON results as another when there are more than six of them.
+(
+  cd "$out" || exit 0
+  ls -- *.log *.txt 2>/dev/null | tar -cJf logs.tar.xz -T - && rm -f -- *.log *.txt
+  if [ "$(ls -- *.json 2>/dev/null | wc -l)" -gt 6 ]; then
+    tar -cJf results.tar.xz -- *.json && rm -f -- *.json
+  fi
+)

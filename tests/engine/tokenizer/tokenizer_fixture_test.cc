@@ -174,8 +174,9 @@ TEST_P(TokenizerFixtureTest, EncodeThroughput) {
   }
 }
 
-// EncodeAtMost: a result within the limit is Encode's; past it, a prefix of Encode's, and the
-// byte-level BPE (llama31-bpe) stops early instead of merging the whole text.
+// EncodeAtMost: a result within the limit is Encode's (for SentencePiece, the text then goes
+// through BPE in stretches of words, which must change nothing); past it, a prefix of Encode's,
+// and every flavour stops early instead of merging the whole text.
 TEST_P(TokenizerFixtureTest, EncodeAtMostStopsPastTheLimit) {
   std::string text;
   for (int round = 0; round < 200; ++round) {
@@ -188,9 +189,16 @@ TEST_P(TokenizerFixtureTest, EncodeAtMostStopsPastTheLimit) {
   ASSERT_GT(cut.size(), 100u);
   ASSERT_LE(cut.size(), full.size());
   EXPECT_TRUE(std::equal(cut.begin(), cut.end(), full.begin()));
-  if (GetParam() == "llama31-bpe") {
-    EXPECT_LT(cut.size(), full.size() / 4);
-  }
+  EXPECT_LT(cut.size(), full.size() / 4);
+}
+
+// Runs of spaces merge into multi-space pieces ("▁▁▁▁" is in the SentencePiece fixtures'
+// vocabularies): stretches of words end only where a word starts, never inside a run.
+TEST_P(TokenizerFixtureTest, EncodeAtMostKeepsRunsOfSpacesWhole) {
+  std::string text;
+  for (int i = 0; i < 5000; ++i) text += std::string("ab") + std::string(1 + i % 37, ' ');
+  const std::vector<int32_t> full = tokenizer_->Encode(text, true);
+  EXPECT_EQ(tokenizer_->EncodeAtMost(text, true, full.size()), full);
 }
 
 INSTANTIATE_TEST_SUITE_P(Flavours, TokenizerFixtureTest,
