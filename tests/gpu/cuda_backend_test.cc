@@ -42,10 +42,16 @@ std::string FixturesRoot() {
 }  // namespace sals
 
 #define SALS_FIXTURES_DIR ::sals::FixturesRoot()
+#include "tests/engine/backend/batch_helpers.h"
 #include "tests/engine/backend/fixture_models.h"
 
 namespace sals {
 namespace {
+
+using testing::Argmax;
+using testing::MaxAbs;
+using testing::OneSlice;
+using testing::Pool;
 
 constexpr int kDecodeSteps = 64;
 
@@ -53,13 +59,6 @@ constexpr int kDecodeSteps = 64;
 // rounding errors are 8x larger (on the H200, 2026-11-28: fp16 at most 0.0081, bf16 0.0756 over
 // these fixtures); its bound is 10x fp16's rather than a looser fp16 bound.
 double Tolerance(DType dtype) { return dtype == DType::kF16 ? 1e-2 : 1e-1; }
-
-KvPoolConfig Pool(int num_blocks, int block_size) {
-  KvPoolConfig pool;
-  pool.num_blocks = num_blocks;
-  pool.block_size = block_size;
-  return pool;
-}
 
 std::unique_ptr<CudaBackend> Cuda(const testing::FixtureModel& m, const KvPoolConfig& pool,
                                   DType dtype) {
@@ -74,19 +73,6 @@ std::unique_ptr<Backend> Cpu(const testing::FixtureModel& m, const KvPoolConfig&
   auto backend = CreateCpuBackend(m.config, *m.weights, pool);
   EXPECT_TRUE(backend.ok()) << backend.status();
   return backend.ok() ? std::move(*backend) : nullptr;
-}
-
-ForwardBatch OneSlice(std::vector<int32_t> tokens, int context_len, std::vector<int32_t> table,
-                      bool all_logits) {
-  ForwardBatch b;
-  SequenceSlice s;
-  s.num_tokens = static_cast<int32_t>(tokens.size());
-  s.context_len = context_len;
-  s.block_table = std::move(table);
-  s.all_logits = all_logits;
-  b.seqs.push_back(std::move(s));
-  b.tokens = std::move(tokens);
-  return b;
 }
 
 // Consecutive block ranges of `blocks` each, one per sequence, from a shuffled pool.
@@ -120,16 +106,6 @@ std::string FlavourName(const ::testing::TestParamInfo<std::string>& info) {
   std::string name = info.param;
   std::replace(name.begin(), name.end(), '-', '_');
   return name;
-}
-
-int Argmax(const float* row, int n) {
-  return static_cast<int>(std::max_element(row, row + n) - row);
-}
-
-double MaxAbs(const float* row, int n) {
-  double m = 0.0;
-  for (int i = 0; i < n; ++i) m = std::max(m, std::abs(static_cast<double>(row[i])));
-  return m;
 }
 
 struct Param {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the GPU test and benchmark binaries here and stages them in .carry/ for the device tool:
 # .carry/bin (binaries, and sals-calibrate for its --backend cuda timing), .carry/lib (every shared library ldd resolves that the GPU machine
-# lacks), .carry/run.sh (runs a command with those libraries), .carry/verify.sh (the full check).
+# lacks), .carry/run.sh (runs a command with those libraries), .carry/verify.sh (the full check),
+# .carry/parity (the real-shape model generator and its record step, for verify.sh parity).
 # The CUDA backend's library goes into .carry/bin, next to the programs that load it.
 # Usage: tools/gpu/pack.sh [NAME...]   (BUILD_DIR=build by default, configured Release for sm_90a
 # if new). NAMEs pack only those tests/benchmarks: the working tree and the carry share 64 MiB.
@@ -10,7 +11,7 @@ cd "$(dirname "$0")/../.."
 build="${BUILD_DIR:-build}"
 tests=(kernels_elementwise_test kernels_attention_test kernels_sals_kv_write_test
   kernels_sals_decode_test kernels_sals_materialize_test kernels_sampling_test cuda_backend_test
-  cuda_calibration_test)
+  cuda_calibration_test real_shape_parity_test)
 benches=(bench_decode_attention bench_sals_attention bench_e2e_decode bench_sampling
   bench_prefill_attention bench_e2e_prefill)
 programs=(sals-calibrate)
@@ -31,7 +32,7 @@ mkdir -p .carry/bin .carry/lib
 for t in "${tests[@]}"; do cp "$build/tests/gpu/$t" .carry/bin/; done
 for b in "${benches[@]}"; do cp "$build/bench/$b" .carry/bin/; done
 for p in "${programs[@]}"; do cp "$build/tools/calibrate/$p" .carry/bin/; done
-if [[ " ${tests[*]} ${benches[*]} ${programs[*]} " =~ \ (cuda_backend_test|cuda_calibration_test|bench_e2e_decode|bench_e2e_prefill|sals-calibrate)\  ]]; then
+if [[ " ${tests[*]} ${benches[*]} ${programs[*]} " =~ \ (cuda_backend_test|cuda_calibration_test|real_shape_parity_test|bench_e2e_decode|bench_e2e_prefill|sals-calibrate)\  ]]; then
   cp "$build/engine/backend/cuda/libsals_backend_cuda.so" .carry/bin/
 fi
 
@@ -60,6 +61,9 @@ exec "$@"
 RUN
 cp tools/gpu/verify.sh .carry/verify.sh
 cp bench/sdpa_reference.py bench/sdpa_prefill_reference.py bench/gpt_fast_baseline.py .carry/
+mkdir -p .carry/parity  # the generator finds hf_reference.py beside it
+cp tools/parity/make_real_shape_models.py tools/parity/parity_record.py tools/fixtures/hf_reference.py \
+  .carry/parity/
 chmod +x .carry/run.sh .carry/verify.sh
 echo "packed: $(ls .carry/bin | wc -l) binaries, $(ls .carry/lib | wc -l) libraries," \
   "$(du -sh .carry | cut -f1)"

@@ -2,8 +2,9 @@
 # The device-side check, run from the repository root on the GPU machine after tools/gpu/pack.sh:
 # device facts, the GPU tests, compute-sanitizer over them, and the benchmarks. Logs and the
 # benchmark JSON go to $OUT (./out when unset); the summary prints last.
-# Usage: .carry/verify.sh [all|kernels|sals|sampling|backend|calibrate|tests|prefill|e2e_prefill]
-#   (all by default; all leaves out prefill and e2e_prefill, which take minutes of device time)
+# Usage: .carry/verify.sh [all|kernels|sals|sampling|backend|calibrate|tests|prefill|e2e_prefill|parity]
+#   (all by default; all leaves out prefill, e2e_prefill and parity, which take minutes of device
+#   time)
 #   kernels: the dense kernel tests, memcheck and racecheck over them, bench_decode_attention;
 #   sals: the SALS kernel tests, memcheck over them, torch SDPA (FlashAttention-2, cuDNN) and
 #     bench_sals_attention in the same session (the ratios need both);
@@ -17,7 +18,14 @@
 #   prefill: the prefill attention tests (chunks on awkward shapes included), memcheck over one
 #     chunked case, torch SDPA prefill (FlashAttention-2, cuDNN) and bench_prefill_attention in
 #     the same session (the ratios need both);
-#   e2e_prefill: bench_e2e_prefill (one 32K and one 128K prompt; dense and both SALS presets).
+#   e2e_prefill: bench_e2e_prefill (one 32K and one 128K prompt; dense and both SALS presets);
+#   parity: tools/parity/make_real_shape_models.py writes random-weight models of the shapes of
+#     Llama-3.1-8B, Llama-2-7B and Mistral-7B (PARITY_LAYERS layers, 2 by default; bf16 and fp16)
+#     with transformers' fp32 references to /tmp/real_shape, real_shape_parity_test runs the CUDA
+#     backend against them, and parity_record.py writes $OUT/real_shape_parity.json, the record to
+#     commit as tests/gpu/records/real_shape_parity.json (issue 16 item 3).
+#     PARITY_GENERATOR_ARGS adds generator options (e.g. "--only llama-3.1-8b"; "--tiny --device
+#     cpu" for a dry run of the plumbing without a GPU).
 # The benchmarks name the GPU in their JSON records (GPU=H100 or H200; from nvidia-smi if unset).
 set -uo pipefail
 out="${OUT:-out}"
@@ -66,7 +74,7 @@ bench() {  # name timeout [args...]
 if [ "$mode" = tests ]; then
   for t in kernels_elementwise_test kernels_attention_test kernels_sals_kv_write_test \
     kernels_sals_decode_test kernels_sals_materialize_test kernels_sampling_test \
-    cuda_backend_test cuda_calibration_test; do
+    cuda_backend_test cuda_calibration_test real_shape_parity_test; do
     run_test "$t"
   done
 fi
@@ -144,6 +152,27 @@ fi
 
 if [ "$mode" = e2e_prefill ]; then
   bench bench_e2e_prefill 560 --kv dense,sals-25,sals-12.5 --gpu "$gpu"
+fi
+
+if [ "$mode" = parity ]; then
+  models="${PARITY_MODELS_DIR:-/tmp/real_shape}"
+  PYTHONUNBUFFERED=1 timeout 360 python3 "$carry/parity/make_real_shape_models.py" --out "$models" \
+    --layers "${PARITY_LAYERS:-2}" ${PARITY_GENERATOR_ARGS:-} >"$out/make_real_shape_models.log" 2>&1
+  summary+=("make_real_shape_models: rc=$?")
+  grep -vE 'Loading weights|Writing model shards' "$out/make_real_shape_models.log" | tail -n 12
+  dirs="$(grep -E '^SALS_REAL_SHAPE_MODELS=' "$out/make_real_shape_models.log" | tail -n 1 |
+    cut -d= -f2)"
+  SALS_REAL_SHAPE_MODELS="$dirs" timeout 200 "$run" "$bin/real_shape_parity_test" \
+    >"$out/real_shape_parity_test.log" 2>&1
+  rc=$?
+  grep -E '^\[(record|near-tie|DIVERGED)\]' "$out/real_shape_parity_test.log"
+  summary+=("real_shape_parity_test: rc=$rc $(grep -E '^\[  (PASSED|FAILED|SKIPPED) +\]' \
+    "$out/real_shape_parity_test.log" | tr '\n' ' ')")
+  python3 "$carry/parity/parity_record.py" --log "$out/real_shape_parity_test.log" --gpu "$gpu" \
+    --command "bash .carry/verify.sh parity (PARITY_LAYERS=${PARITY_LAYERS:-2})" \
+    --out "$out/real_shape_parity.json" >"$out/parity_record.log" 2>&1
+  summary+=("parity record: rc=$? (\$OUT/real_shape_parity.json -> tests/gpu/records/)")
+  cat "$out/parity_record.log"
 fi
 
 for b in "${benches[@]}"; do

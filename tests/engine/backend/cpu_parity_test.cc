@@ -1,9 +1,14 @@
 // The CPU reference against transformers' logits recorded by tools/fixtures/make_fixtures.py:
 // prefill and 16 decode steps through the paged cache, alone and batched with chunked prefill.
+// Also, when SALS_REAL_SHAPE_MODELS names model directories written by
+// tools/parity/make_real_shape_models.py (e.g. its --tiny CPU variant), the same check on them.
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -11,6 +16,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "engine/backend/cpu/cpu_backend.h"
 #include "gtest/gtest.h"
 #include "tests/engine/backend/fixture_models.h"
@@ -140,6 +146,67 @@ TEST_P(CpuParityTest, ChunkedPrefillMixedWithDecodeInOneBatch) {
                 GetParam().c_str(), block_size, e.prefill, e.decode);
     EXPECT_LE(e.prefill, kMaxRelError);
     EXPECT_LE(e.decode, kMaxRelError);
+  }
+}
+
+// The real-shape parity models (tools/parity/make_real_shape_models.py; the GPU test is
+// tests/gpu/real_shape_parity_test.cc): each reference stream (prompt + 64 greedy tokens) in one
+// prefill, every row against transformers' fp32 logits, and every greedy choice whose reference
+// top-2 margin exceeds the bound. Checks the generator's files and the C++ loader on them without
+// a GPU (with --tiny models: a few seconds).
+TEST(CpuRealShapeParityTest, ModelsFromEnvironment) {
+  const char* env = std::getenv("SALS_REAL_SHAPE_MODELS");
+  if (env == nullptr || *env == '\0') {
+    GTEST_SKIP() << "SALS_REAL_SHAPE_MODELS is unset (model directories written by "
+                    "tools/parity/make_real_shape_models.py)";
+  }
+  for (absl::string_view d : absl::StrSplit(env, ',', absl::SkipWhitespace())) {
+    const std::string dir(d);
+    SCOPED_TRACE(dir);
+    testing::FixtureModel model = testing::LoadModelDir(dir);
+    ASSERT_NE(model.weights, nullptr);
+    const int vocab = model.config.vocab_size;
+    const std::vector<RefSequence> refs =
+        testing::LoadReferenceFile(std::filesystem::path(dir) / "reference.safetensors", vocab);
+    ASSERT_FALSE(refs.empty());
+    double worst = 0.0;
+    int choices = 0;
+    for (const RefSequence& r : refs) {
+      const int blocks = static_cast<int>((r.stream.size() + 15) / 16);
+      KvPoolConfig pool;
+      pool.num_blocks = blocks;
+      pool.block_size = 16;
+      auto backend = CreateCpuBackend(model.config, *model.weights, pool);
+      ASSERT_TRUE(backend.ok()) << backend.status();
+      ForwardBatch batch;
+      SequenceSlice slice;
+      slice.num_tokens = static_cast<int32_t>(r.stream.size());
+      slice.block_table.resize(blocks);
+      std::iota(slice.block_table.begin(), slice.block_table.end(), 0);
+      slice.all_logits = true;
+      batch.seqs.push_back(slice);
+      batch.tokens = r.stream;
+      ForwardOutput out;
+      ASSERT_TRUE((*backend)->Forward(batch, &out).ok());
+      for (size_t pos = 0; pos < r.stream.size(); ++pos) {
+        const float* row = out.logits.data() + pos * vocab;
+        const std::vector<float>& want = r.expected[pos];
+        const double e = testing::RelError(row, want.data(), vocab);
+        EXPECT_LE(e, kMaxRelError) << "position " << pos;
+        worst = std::max(worst, e);
+        if (static_cast<int>(pos) + 1 < r.prompt_len || pos + 1 >= r.stream.size()) continue;
+        std::vector<float> top = want;
+        std::nth_element(top.begin(), top.begin() + 1, top.end(), std::greater<float>());
+        const double scale = *std::max_element(
+            want.begin(), want.end(), [](float a, float b) { return std::abs(a) < std::abs(b); });
+        if ((top[0] - top[1]) / std::abs(scale) <= 2 * kMaxRelError) continue;  // a near tie
+        ++choices;
+        EXPECT_EQ(std::max_element(row, row + vocab) - row, r.stream[pos + 1])
+            << "position " << pos;
+      }
+    }
+    std::printf("[real-shape] %s: %d layers, vocab %d, max rel err %.3g, %d greedy choices equal\n",
+                dir.c_str(), model.config.num_layers, vocab, worst, choices);
   }
 }
 

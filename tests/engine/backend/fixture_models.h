@@ -15,27 +15,24 @@
 
 namespace sals::testing {
 
-inline std::filesystem::path FixtureDir(const std::string& flavour) {
-  return std::filesystem::path(SALS_FIXTURES_DIR) / flavour;
-}
-
 struct FixtureModel {
   ModelConfig config;
   std::unique_ptr<WeightSource> weights;
 };
 
-inline FixtureModel LoadFixtureModel(const std::string& flavour) {
+// A Hugging Face model directory: config.json and its safetensors.
+inline FixtureModel LoadModelDir(const std::filesystem::path& dir) {
   FixtureModel m;
-  auto config = LoadModelConfig(FixtureDir(flavour));
+  auto config = LoadModelConfig(dir);
   EXPECT_TRUE(config.ok()) << config.status();
   if (config.ok()) m.config = *config;
-  auto weights = OpenSafetensorsWeights(FixtureDir(flavour));
+  auto weights = OpenSafetensorsWeights(dir);
   EXPECT_TRUE(weights.ok()) << weights.status();
   if (weights.ok()) m.weights = std::move(*weights);
   return m;
 }
 
-// One reference prompt: its token stream (prompt, then the 16 greedy tokens transformers chose)
+// One reference prompt: its token stream (prompt, then the greedy tokens transformers chose)
 // and the expected logits row at every stream position.
 struct RefSequence {
   std::vector<int32_t> stream;
@@ -53,8 +50,9 @@ std::vector<T> TensorData(const SafetensorsFile& file, const std::string& name) 
   return out;
 }
 
-inline std::vector<RefSequence> LoadReferenceStreams(const std::string& flavour, int vocab) {
-  auto file = SafetensorsFile::Open(FixtureDir(flavour) / "reference.safetensors");
+// The reference streams of a reference.safetensors (layout: tools/fixtures/README.md).
+inline std::vector<RefSequence> LoadReferenceFile(const std::filesystem::path& path, int vocab) {
+  auto file = SafetensorsFile::Open(path);
   EXPECT_TRUE(file.ok()) << file.status();
   std::vector<RefSequence> seqs;
   if (!file.ok()) return seqs;
@@ -76,6 +74,20 @@ inline std::vector<RefSequence> LoadReferenceStreams(const std::string& flavour,
   }
   return seqs;
 }
+
+#ifdef SALS_FIXTURES_DIR
+inline std::filesystem::path FixtureDir(const std::string& flavour) {
+  return std::filesystem::path(SALS_FIXTURES_DIR) / flavour;
+}
+
+inline FixtureModel LoadFixtureModel(const std::string& flavour) {
+  return LoadModelDir(FixtureDir(flavour));
+}
+
+inline std::vector<RefSequence> LoadReferenceStreams(const std::string& flavour, int vocab) {
+  return LoadReferenceFile(FixtureDir(flavour) / "reference.safetensors", vocab);
+}
+#endif  // SALS_FIXTURES_DIR
 
 // max |got - want| / max |want| over one logits row.
 inline double RelError(const float* got, const float* want, size_t n) {
