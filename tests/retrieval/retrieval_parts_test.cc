@@ -118,8 +118,13 @@ TEST(BenchConfigTest, ParsesPresetsAndPolicyKeys) {
   ASSERT_TRUE(dense_hit.ok()) << dense_hit.status();
   EXPECT_TRUE(dense_hit->prefix_hit);
 
-  for (const char* bad : {"sals-50", "dense:topk=0.5", "sals-25:topk=x", "sals-25:topk=1/0",
-                          "sals-25:colour=red", "sals-25:budget", "sals-25:hits"}) {
+  auto per_head = ParseBenchConfig("sals-25:selection=per_kv_head");
+  ASSERT_TRUE(per_head.ok()) << per_head.status();
+  EXPECT_EQ(per_head->policy.selection, SalsSelection::kPerKvHead);
+  EXPECT_EQ(quarter->policy.selection, SalsSelection::kShared);
+  for (const char* bad :
+       {"sals-50", "dense:topk=0.5", "sals-25:topk=x", "sals-25:topk=1/0", "sals-25:colour=red",
+        "sals-25:budget", "sals-25:hits", "sals-25:selection=per_head", "dense:selection=shared"}) {
     EXPECT_FALSE(ParseBenchConfig(bad).ok()) << bad;
   }
   auto defaults = ParseBenchConfigs(
