@@ -214,6 +214,17 @@ TEST_P(RecallTest, SelectedLayersOnlyAndErrors) {
   ASSERT_EQ(report->layers.size(), 1u);
   EXPECT_EQ(report->layers[0].layer, 1);
   EXPECT_EQ(report->overall.samples, 10);
+  // Per-layer scoring dims equal to the policy's (half the rank) change nothing; other counts
+  // or out-of-range dims are errors.
+  options.layer_score_dims.assign(model_.config.num_layers, basis.rank / 2);
+  auto same = MeasureRecall(model_.config, basis, *recorder_, options);
+  ASSERT_TRUE(same.ok()) << same.status();
+  EXPECT_EQ(same->overall.mean, report->overall.mean);
+  options.layer_score_dims[1] = basis.rank + 1;
+  EXPECT_FALSE(MeasureRecall(model_.config, basis, *recorder_, options).ok());
+  options.layer_score_dims.assign(model_.config.num_layers + 1, 1);
+  EXPECT_FALSE(MeasureRecall(model_.config, basis, *recorder_, options).ok());
+  options.layer_score_dims.clear();
 
   options.start = kTokens;
   EXPECT_THAT(
