@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "engine/sals/basis.h"
 #include "engine/sals/calibration.h"
 #include "engine/sals/dense_capture.h"
@@ -123,6 +124,11 @@ absl::Status Recall() {
       model_dir.c_str(), tokens.size(), static_cast<long long>(options.start), tokens.size() - 1,
       p.rank, config.kv_width(), p.score_dims, p.topk_fraction, budget.c_str(), p.sink_tokens,
       p.recent_tokens);
+  if (!layer_ranks->empty()) {
+    std::printf("layer ranks %s: score dims %s per layer (the rank-%d basis' prefixes)\n",
+                absl::StrJoin(*layer_ranks, ",").c_str(),
+                absl::StrJoin(layer_score_dims, ",").c_str(), basis->rank);
+  }
   for (SalsSelection selection : selections) {
     options.policy.selection = selection;
     auto report = MeasureRecall(config, *basis, recorder, options);
