@@ -37,6 +37,16 @@ Key OptionalField(std::optional<T>* field) {
              [field] { return *field ? YAML::Node(**field) : YAML::Node(YAML::NodeType::Null); }};
 }
 
+// attention.selection, spelled as SalsSelectionName.
+Key SelectionField(SalsSelection* field) {
+  return Key{[field](const YAML::Node& n) {
+               absl::StatusOr<SalsSelection> s = ParseSalsSelection(n.as<std::string>());
+               if (!s.ok()) throw YAML::Exception(n.Mark(), std::string(s.status().message()));
+               *field = *s;
+             },
+             [field] { return YAML::Node(std::string(SalsSelectionName(*field))); }};
+}
+
 // section -> key -> accessor, over one ServerConfig.
 using Schema = std::map<std::string, std::map<std::string, Key>>;
 
@@ -73,7 +83,8 @@ Schema MakeSchema(ServerConfig* c) {
         {"topk_fraction", Field(&p.topk_fraction)},
         {"token_budget", Field(&p.token_budget)},
         {"sink_tokens", Field(&p.sink_tokens)},
-        {"recent_tokens", Field(&p.recent_tokens)}}},
+        {"recent_tokens", Field(&p.recent_tokens)},
+        {"selection", SelectionField(&p.selection)}}},
       {"scheduler",
        {{"max_num_seqs", Field(&e.max_num_seqs)},
         {"max_num_batched_tokens", Field(&e.max_num_batched_tokens)},

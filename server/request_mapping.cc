@@ -42,6 +42,8 @@ absl::Status ApplyAttention(const v1::AttentionPolicy& a, const EngineInfo& info
     default:
       break;
   }
+  // A preset keeps the server's selection scope (attention.selection): not a request field.
+  p.selection = info.default_policy.selection;
   if ((a.preset() == v1::AttentionPolicy::PRESET_SALS_25 ||
        a.preset() == v1::AttentionPolicy::PRESET_SALS_12_5) &&
       p.rank > sals->rank) {

@@ -61,6 +61,11 @@ absl::StatusOr<BenchConfig> ParseBenchConfig(std::string_view spec_view) {
       ok = absl::SimpleAtoi(value, &c.policy.score_dims);
     } else if (key == "rank") {
       ok = absl::SimpleAtoi(value, &c.policy.rank);
+    } else if (key == "selection") {
+      absl::StatusOr<SalsSelection> selection =
+          ParseSalsSelection(std::string_view(value.data(), value.size()));
+      ok = selection.ok();
+      if (ok) c.policy.selection = *selection;
     } else if (key == "sinks") {
       ok = absl::SimpleAtoi(value, &c.policy.sink_tokens);
     } else if (key == "recent") {
@@ -68,7 +73,7 @@ absl::StatusOr<BenchConfig> ParseBenchConfig(std::string_view spec_view) {
     } else {
       return absl::InvalidArgumentError(
           absl::StrCat("config '", spec, "': unknown key '", key,
-                       "' (known: topk, budget, score_dims, rank, sinks, recent, hit)"));
+                       "' (known: topk, budget, score_dims, rank, selection, sinks, recent, hit)"));
     }
     if (!ok) {
       return absl::InvalidArgumentError(

@@ -2,7 +2,8 @@
 // preset) and, for SALS presets, the per-request selection policy. Spelled
 // "PRESET[:key=value]...": "dense", "sals-25", "sals-12.5:topk=1/4", "sals-12.5:budget=256".
 // Keys: topk (fraction of the context, "0.25" or "1/4"), budget (exactly this many middle tokens:
-// the top-k fraction is dropped), score_dims, rank (latent dims used), sinks, recent; and the bare
+// the top-k fraction is dropped), score_dims, rank (latent dims used), selection (shared or
+// per_kv_head: "sals-25:selection=per_kv_head"), sinks, recent; and the bare
 // word "hit" (any preset, "dense:hit" too): each prompt is prefilled once to fill the prefix cache
 // and scored on its second run, which takes the cached prefix (on SALS pools attended through
 // latents and quantized values; docs/SALS.md). Without it every prompt is prefilled whole.

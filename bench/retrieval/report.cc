@@ -77,8 +77,10 @@ Tally Count(const ConfigRun& run, const std::vector<int>& cases) {
   Tally t;
   for (int i : cases) {
     ++t.cases;
-    if (run.cases[i].correct) ++t.correct;
-    t.items += run.cases[i].items;
+    if (i < static_cast<int>(run.cases.size())) {  // none: recall only (--accuracy=false)
+      if (run.cases[i].correct) ++t.correct;
+      t.items += run.cases[i].items;
+    }
     if (i < static_cast<int>(run.recall.size()) && run.recall[i]) t.recall.Add(*run.recall[i]);
   }
   return t;
@@ -166,11 +168,13 @@ nlohmann::json ReportToJson(const BenchReport& report) {
     nlohmann::json results = nlohmann::json::object();
     for (const ConfigRun& run : report.runs) {
       if (!run.ran()) continue;
-      const CaseRun& r = run.cases[i];
-      nlohmann::json entry = {
-          {"output", r.output}, {"correct", r.correct},
-          {"items", r.items},   {"completion_tokens", r.completion_tokens},
-          {"finish", r.finish}, {"cached_prompt_tokens", r.cached_prompt_tokens}};
+      nlohmann::json entry = nlohmann::json::object();
+      if (i < run.cases.size()) {
+        const CaseRun& r = run.cases[i];
+        entry = {{"output", r.output}, {"correct", r.correct},
+                 {"items", r.items},   {"completion_tokens", r.completion_tokens},
+                 {"finish", r.finish}, {"cached_prompt_tokens", r.cached_prompt_tokens}};
+      }
       if (i < run.recall.size() && run.recall[i]) entry["recall"] = run.recall[i]->mean;
       results[run.config.name] = std::move(entry);
     }
@@ -193,7 +197,7 @@ void PrintReport(const BenchReport& report, std::FILE* out) {
       std::fprintf(out, "%s: not run: %s\n", run.config.name.c_str(), run.status.c_str());
       continue;
     }
-    ran.push_back(&run);
+    if (!run.cases.empty()) ran.push_back(&run);  // else recall only (--accuracy=false)
     if (std::any_of(run.recall.begin(), run.recall.end(), [](const auto& r) { return r; })) {
       with_recall.push_back(&run);
     }

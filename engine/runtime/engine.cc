@@ -25,6 +25,25 @@ std::string_view FinishReasonName(FinishReason reason) {
   return "?";
 }
 
+namespace {
+
+// A policy valid for the storage and supported by the engine's backend; errors are prefixed
+// "attention: ". Per-KV-head selection exists in the CPU reference only.
+absl::Status CheckPolicy(const SalsPolicy& policy, const SalsStorage& storage,
+                         const std::string& backend) {
+  if (absl::Status s = ValidateSalsPolicy(policy, storage); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("attention: ", s.message()));
+  }
+  if (backend == "cuda" && policy.selection == SalsSelection::kPerKvHead) {
+    return absl::UnimplementedError(
+        "attention: selection per_kv_head is not implemented by the CUDA backend (the CPU "
+        "reference has it); use selection shared");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 struct Engine::Request {
   Request(GenerationRequest r, std::shared_ptr<RequestSink> s, uint64_t seq_id,
           const Tokenizer* tokenizer, const SalsPolicy& policy, uint64_t fallback_seed)
@@ -79,9 +98,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineConfig& confi
                                                    config.max_model_len));
   }
   if (model->pool.format.sals) {
-    if (absl::Status s = ValidateSalsPolicy(config.default_policy, *model->pool.format.sals);
+    if (absl::Status s =
+            CheckPolicy(config.default_policy, *model->pool.format.sals, config.backend);
         !s.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("attention: ", s.message()));
+      return s;
     }
   }
   SchedulerConfig sc;
@@ -205,8 +225,9 @@ absl::Status Engine::Validate(const GenerationRequest& request) const {
         " tokens) must fit one prefill chunk (scheduler.", chunk_key, " = ", max_chunk, ")"));
   }
   if (request.policy && model_.pool.format.sals) {
-    if (absl::Status s = ValidateSalsPolicy(*request.policy, *model_.pool.format.sals); !s.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("attention: ", s.message()));
+    if (absl::Status s = CheckPolicy(*request.policy, *model_.pool.format.sals, config_.backend);
+        !s.ok()) {
+      return s;
     }
   }
   return absl::OkStatus();

@@ -4,7 +4,9 @@
 #include <memory>
 #include <string>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "engine/model/safetensors.h"
 
 namespace sals {
@@ -29,6 +31,30 @@ absl::Status CheckCalibrationModel(const SafetensorsFile& file, const ModelConfi
 }
 
 }  // namespace
+
+absl::StatusOr<std::vector<int>> LoadLayerRanks(const std::filesystem::path& file,
+                                                const ModelConfig& config) {
+  auto st = SafetensorsFile::Open(file);
+  if (!st.ok()) return st.status();
+  if (absl::Status s = CheckCalibrationModel(**st, config); !s.ok()) return s;
+  const auto it = (*st)->metadata().find("layer_ranks");
+  std::vector<int> ranks;
+  if (it == (*st)->metadata().end()) return ranks;
+  for (absl::string_view item : absl::StrSplit(it->second, ',')) {
+    int r = 0;
+    if (!absl::SimpleAtoi(item, &r) || r < 0 || r > config.kv_width()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(file.string(), ": bad 'layer_ranks' metadata '", it->second, "'"));
+    }
+    ranks.push_back(r);
+  }
+  if (static_cast<int>(ranks.size()) != config.num_layers) {
+    return absl::InvalidArgumentError(absl::StrCat(file.string(), ": 'layer_ranks' has ",
+                                                   ranks.size(), " ranks for ", config.num_layers,
+                                                   " layers"));
+  }
+  return ranks;
+}
 
 absl::StatusOr<SalsBasis> LoadSalsBasis(const std::filesystem::path& file,
                                         const ModelConfig& config, int rank) {

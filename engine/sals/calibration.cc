@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "engine/model/safetensors.h"
+#include "engine/sals/rank_allocation.h"
 
 namespace sals {
 namespace {
@@ -36,11 +37,7 @@ OwnedTensor Owned(std::string name, std::string dtype_name, std::vector<int64_t>
 
 }  // namespace
 
-double LayerSpectrum::Energy(int rank) const {
-  const double total = std::accumulate(eigenvalues.begin(), eigenvalues.end(), 0.0);
-  const double top = std::accumulate(eigenvalues.begin(), eigenvalues.begin() + rank, 0.0);
-  return top / total;
-}
+double LayerSpectrum::Energy(int rank) const { return CapturedEnergy(eigenvalues, rank); }
 
 KeyCovariance::KeyCovariance(const ModelConfig& config)
     : config_(config),
@@ -144,11 +141,24 @@ absl::StatusOr<std::vector<int>> RanksFromFractions(int width, std::span<const d
 }
 
 absl::Status WriteCalibration(const std::filesystem::path& path, const KeySpectra& spectra,
-                              std::span<const int> ranks) {
+                              std::span<const int> ranks, std::span<const int> layer_ranks) {
   const int d = spectra.width;
   for (int r : ranks) {
     if (r < 1 || r > d) {
       return absl::InvalidArgumentError(absl::StrCat("rank must be in [1, ", d, "], got ", r));
+    }
+  }
+  if (!layer_ranks.empty()) {
+    const int largest = ranks.empty() ? 0 : *std::max_element(ranks.begin(), ranks.end());
+    if (layer_ranks.size() != spectra.layers.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("layer ranks: ", layer_ranks.size(), " for ",
+                                                     spectra.layers.size(), " layers"));
+    }
+    for (int r : layer_ranks) {
+      if (r < 0 || r > largest) {
+        return absl::InvalidArgumentError(absl::StrCat("layer ranks must be in [0, ", largest,
+                                                       "] (the largest basis written), got ", r));
+      }
     }
   }
   std::vector<OwnedTensor> owned;
@@ -171,13 +181,14 @@ absl::Status WriteCalibration(const std::filesystem::path& path, const KeySpectr
   for (const OwnedTensor& t : owned) {
     tensors.push_back(TensorToWrite{t.name, DType::kF32, t.shape, t.bytes, t.dtype_name});
   }
-  const std::map<std::string, std::string> metadata = {
+  std::map<std::string, std::string> metadata = {
       {"model", spectra.model},
       {"kv_width", absl::StrCat(d)},
       {"num_layers", absl::StrCat(spectra.layers.size())},
       {"ranks", absl::StrJoin(ranks, ",")},
       {"tokens", absl::StrCat(spectra.tokens)},
   };
+  if (!layer_ranks.empty()) metadata["layer_ranks"] = absl::StrJoin(layer_ranks, ",");
   return WriteSafetensors(path, tensors, metadata);
 }
 

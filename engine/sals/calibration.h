@@ -72,9 +72,10 @@ class KeyCovariance {
 // Every fraction must lie in (0, 1].
 absl::StatusOr<std::vector<int>> RanksFromFractions(int width, std::span<const double> fractions);
 
-// Writes the calibration file (format in basis.h) with a basis and an energy per rank. The bytes
-// depend only on the spectra and ranks.
+// Writes the calibration file (format in basis.h) with a basis and an energy per rank, and
+// `layer_ranks` (one per layer, rank_allocation.h) as the "layer_ranks" metadata when given: each
+// must be 0 or at most the largest of `ranks`. The bytes depend only on the arguments.
 absl::Status WriteCalibration(const std::filesystem::path& path, const KeySpectra& spectra,
-                              std::span<const int> ranks);
+                              std::span<const int> ranks, std::span<const int> layer_ranks = {});
 
 }  // namespace sals

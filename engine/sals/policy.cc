@@ -4,8 +4,21 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "engine/common/absl_compat.h"
 
 namespace sals {
+
+std::string_view SalsSelectionName(SalsSelection selection) {
+  return selection == SalsSelection::kPerKvHead ? "per_kv_head" : "shared";
+}
+
+absl::StatusOr<SalsSelection> ParseSalsSelection(std::string_view name) {
+  for (SalsSelection s : {SalsSelection::kShared, SalsSelection::kPerKvHead}) {
+    if (name == SalsSelectionName(s)) return s;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("selection must be shared or per_kv_head, got '", ToAbsl(name), "'"));
+}
 
 SalsPolicy SalsPolicy::Resolved(const SalsStorage& storage) const {
   SalsPolicy p = *this;
@@ -38,6 +51,10 @@ absl::Status ValidateSalsPolicy(const SalsPolicy& policy, const SalsStorage& sto
   if (policy.sink_tokens < 0 || policy.sink_tokens > storage.sink_tokens) {
     return absl::InvalidArgumentError(absl::StrCat(
         "sink_tokens must be in [0, ", storage.sink_tokens, "], got ", policy.sink_tokens));
+  }
+  if (policy.selection != SalsSelection::kShared && policy.selection != SalsSelection::kPerKvHead) {
+    return absl::InvalidArgumentError(absl::StrCat("selection must be shared or per_kv_head, got ",
+                                                   static_cast<int>(policy.selection)));
   }
   if (policy.recent_tokens < 1 || policy.recent_tokens > storage.recent_tokens) {
     return absl::InvalidArgumentError(absl::StrCat(

@@ -4,11 +4,25 @@
 #pragma once
 
 #include <cstdint>
+#include <string_view>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "engine/kv/kv_format.h"
 
 namespace sals {
+
+// Whose top-k a decode step selects. kShared (the paper): one list per layer, scored with the
+// query heads of every GQA group summed and projected by the whole basis U, attended by every
+// head. kPerKvHead (beyond the paper): one list per KV head g, scored with U_g^T q_g, where U_g
+// are g's rows of U (its head_dim columns of the joint key width) and q_g the sum of g's query
+// heads: a projection into the same latent space the cached keys live in, so the latents are
+// read once and scored num_kv_heads times; g's query heads attend only g's list.
+enum class SalsSelection { kShared, kPerKvHead };
+
+// "shared" / "per_kv_head" (the config's spelling).
+std::string_view SalsSelectionName(SalsSelection selection);
+absl::StatusOr<SalsSelection> ParseSalsSelection(std::string_view name);
 
 struct SalsPolicy {
   bool select_all = false;       // attend every cached token (no top-k): "dense over SALS storage"
@@ -18,6 +32,7 @@ struct SalsPolicy {
   int token_budget = 0;          // > 0: at most this many selected middle tokens
   int sink_tokens = 16;          // first tokens, always attended
   int recent_tokens = 64;        // last tokens (the new one included), always attended
+  SalsSelection selection = SalsSelection::kShared;  // one top-k per layer or per KV head
 
   // The policy with defaults resolved against the storage (rank, score_dims).
   SalsPolicy Resolved(const SalsStorage& storage) const;

@@ -47,47 +47,45 @@ LayerInputs PrepareLayer(const ModelConfig& c, const SalsBasis& basis, const Sal
   return in;
 }
 
-// Marks the positions the policy attends to at decode position p (token p itself included).
-std::vector<char> SelectedPositions(const ModelConfig& c, const SalsBasis& basis,
-                                    const SalsPolicy& policy, const LayerInputs& in, int64_t p,
-                                    const SelectionPlan& plan) {
-  std::vector<char> selected(p + 1, 0);
-  std::fill(selected.begin(), selected.begin() + plan.sink_end, 1);
-  std::fill(selected.begin() + plan.recent_begin, selected.end(), 1);
+// Marks the positions the policy attends to at decode position p (token p itself included), one
+// mask per selection list (selection.h: shared, or one per KV head).
+std::vector<std::vector<char>> SelectedPositions(const ModelConfig& c, const SalsBasis& basis,
+                                                 const SalsPolicy& policy, const LayerInputs& in,
+                                                 int64_t p, const SelectionPlan& plan) {
+  std::vector<char> fixed(p + 1, 0);
+  std::fill(fixed.begin(), fixed.begin() + plan.sink_end, 1);
+  std::fill(fixed.begin() + plan.recent_begin, fixed.end(), 1);
   const int64_t middle = plan.recent_begin - plan.sink_end;
   if (plan.topk == middle) {
-    std::fill(selected.begin() + plan.sink_end, selected.begin() + plan.recent_begin, 1);
-    return selected;
+    std::fill(fixed.begin() + plan.sink_end, fixed.begin() + plan.recent_begin, 1);
+    return {fixed};
   }
-  if (plan.topk == 0) return selected;
-  // Latent query as the backend forms it: GQA groups summed pre-RoPE, projected by U^T.
-  const int kvw = c.kv_width(), sd = policy.score_dims, group = c.group_size();
-  std::vector<float> q_sum(kvw, 0.0f), q_latent(sd, 0.0f);
-  const float* q = in.q_pre + p * c.q_width();
-  for (int h = 0; h < c.num_heads; ++h) {
-    for (int i = 0; i < c.head_dim; ++i) {
-      q_sum[(h / group) * c.head_dim + i] += q[h * c.head_dim + i];
-    }
-  }
-  for (int i = 0; i < kvw; ++i) {
-    const float* row = in.basis + static_cast<int64_t>(i) * basis.rank;
-    for (int j = 0; j < sd; ++j) q_latent[j] += row[j] * q_sum[i];
-  }
+  if (plan.topk == 0) return {fixed};
+  // Latent queries as the backend forms them (selection.h).
+  const int sd = policy.score_dims;
+  const int lists = SelectionLists(c, policy.selection);
+  const std::vector<float> q_latent =
+      LatentQueries(c, std::span(in.basis, static_cast<size_t>(basis.width) * basis.rank),
+                    basis.rank, sd, in.q_pre + p * c.q_width(), policy.selection);
+  std::vector<std::vector<char>> selected(lists, fixed);
   std::vector<float> scores(middle);
-  for (int64_t m = 0; m < middle; ++m) {
-    const float* latent = in.latent.data() + (plan.sink_end + m) * sd;
-    float acc = 0.0f;
-    for (int j = 0; j < sd; ++j) acc += q_latent[j] * latent[j];
-    scores[m] = acc;
+  for (int l = 0; l < lists; ++l) {
+    const float* q = q_latent.data() + static_cast<int64_t>(l) * sd;
+    for (int64_t m = 0; m < middle; ++m) {
+      const float* latent = in.latent.data() + (plan.sink_end + m) * sd;
+      float acc = 0.0f;
+      for (int j = 0; j < sd; ++j) acc += q[j] * latent[j];
+      scores[m] = acc;
+    }
+    for (int64_t m : SelectTopK(scores, plan.topk)) selected[l][plan.sink_end + m] = 1;
   }
-  for (int64_t m : SelectTopK(scores, plan.topk)) selected[plan.sink_end + m] = 1;
   return selected;
 }
 
 Sample MeasurePosition(const ModelConfig& c, const SalsBasis& basis, const SalsPolicy& policy,
                        const LayerInputs& in, int64_t p) {
   const SelectionPlan plan = PlanSelection(policy, p);
-  const std::vector<char> selected = SelectedPositions(c, basis, policy, in, p, plan);
+  const std::vector<std::vector<char>> lists = SelectedPositions(c, basis, policy, in, p, plan);
   const int64_t context = p + 1;
   const int64_t middle = plan.recent_begin - plan.sink_end;
   const int kvw = c.kv_width(), group = c.group_size();
@@ -95,6 +93,7 @@ Sample MeasurePosition(const ModelConfig& c, const SalsBasis& basis, const SalsP
   std::vector<double> logits(context);
   Sample s;
   for (int h = 0; h < c.num_heads; ++h) {
+    const std::vector<char>& selected = lists[lists.size() == 1 ? 0 : h / group];
     const float* q = in.q_post.data() + p * c.q_width() + h * c.head_dim;
     const float* k = in.k_post.data() + (h / group) * c.head_dim;
     double max_logit = -INFINITY;
@@ -119,7 +118,8 @@ Sample MeasurePosition(const ModelConfig& c, const SalsBasis& basis, const SalsP
   }
   s.recall /= c.num_heads;
   s.random /= c.num_heads;
-  s.selected = static_cast<double>(std::count(selected.begin(), selected.end(), 1)) / context;
+  // Every list attends as many tokens.
+  s.selected = static_cast<double>(std::count(lists[0].begin(), lists[0].end(), 1)) / context;
   return s;
 }
 
@@ -177,6 +177,13 @@ absl::StatusOr<RecallReport> MeasureRecall(const ModelConfig& config, const Sals
   if (absl::Status s = ValidateSalsPolicy(options.policy, storage); !s.ok()) return s;
   const SalsPolicy policy = options.policy.Resolved(storage);
 
+  if (!options.layer_score_dims.empty()) {
+    if (static_cast<int>(options.layer_score_dims.size()) != config.num_layers) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("layer score dims: ", options.layer_score_dims.size(), " for ",
+                       config.num_layers, " layers"));
+    }
+  }
   std::vector<int> layers = options.layers;
   if (layers.empty()) {
     for (int l = 0; l < config.num_layers; ++l) layers.push_back(l);
@@ -186,6 +193,12 @@ absl::StatusOr<RecallReport> MeasureRecall(const ModelConfig& config, const Sals
     if (l < 0 || l >= config.num_layers) {
       return absl::InvalidArgumentError(
           absl::StrCat("layer ", l, " outside [0, ", config.num_layers, ")"));
+    }
+    if (!options.layer_score_dims.empty() &&
+        (options.layer_score_dims[l] < 1 || options.layer_score_dims[l] > basis.rank)) {
+      return absl::InvalidArgumentError(absl::StrCat("layer ", l, ": score dims must be in [1, ",
+                                                     basis.rank, "], got ",
+                                                     options.layer_score_dims[l]));
     }
     if (recorder.tokens(l) != tokens) {
       return absl::InvalidArgumentError(
@@ -202,11 +215,13 @@ absl::StatusOr<RecallReport> MeasureRecall(const ModelConfig& config, const Sals
   RecallReport report;
   std::vector<Sample> all;
   for (int l : layers) {
-    const LayerInputs in = PrepareLayer(config, basis, policy, inv_freq, recorder, l);
+    SalsPolicy layer_policy = policy;
+    if (!options.layer_score_dims.empty()) layer_policy.score_dims = options.layer_score_dims[l];
+    const LayerInputs in = PrepareLayer(config, basis, layer_policy, inv_freq, recorder, l);
     std::vector<Sample> samples(tokens - options.start);
 #pragma omp parallel for schedule(dynamic, 8)
     for (int64_t p = options.start; p < tokens; ++p) {
-      samples[p - options.start] = MeasurePosition(config, basis, policy, in, p);
+      samples[p - options.start] = MeasurePosition(config, basis, layer_policy, in, p);
     }
     report.layers.push_back(LayerRecall{l, Summarize(samples)});
     all.insert(all.end(), samples.begin(), samples.end());

@@ -2,7 +2,8 @@
 // queries and keys captured from a dense run: per decode position p and layer, the softmax
 // probabilities of every query head over tokens 0..p (RoPE at true positions, scale
 // 1/sqrt(head_dim)) summed over the tokens the policy selects (sinks, recent window and the top-k
-// middle tokens by latent score), averaged over heads.
+// middle tokens by latent score; with SalsSelection::kPerKvHead each query head counts its KV
+// head's own top-k), averaged over heads.
 #pragma once
 
 #include <cstdint>
@@ -36,11 +37,15 @@ class QueryKeyRecorder {
 };
 
 struct RecallOptions {
-  // Sinks, recent window, top-k fraction / token budget and score_dims (0 = half the basis rank)
+  // Sinks, recent window, top-k fraction / token budget, selection (shared or per KV head) and
+  // score_dims (0 = half the basis rank)
   // as a request would use them; rank is the basis's.
   SalsPolicy policy;
   int64_t start = 0;        // first decode position measured
   std::vector<int> layers;  // layers measured; empty = all
+  // Per layer (all of them), the scoring dims instead of the policy's: layer-adaptive ranks
+  // (rank_allocation.h) score with rank_l / 2 each; in [1, basis rank] for measured layers.
+  std::vector<int> layer_score_dims;
 };
 
 struct RecallStats {

@@ -127,9 +127,14 @@ TEST(BenchConfigTest, ParsesPresetsAndPolicyKeys) {
   EXPECT_TRUE(sals_fp8->is_sals());
   EXPECT_EQ(sals_fp8->kv_format, "sals-12.5-fp8");
 
+  auto per_head = ParseBenchConfig("sals-25:selection=per_kv_head");
+  ASSERT_TRUE(per_head.ok()) << per_head.status();
+  EXPECT_EQ(per_head->policy.selection, SalsSelection::kPerKvHead);
+  EXPECT_EQ(quarter->policy.selection, SalsSelection::kShared);
   for (const char* bad :
        {"sals-50", "dense:topk=0.5", "sals-25:topk=x", "sals-25:topk=1/0", "sals-25:colour=red",
-        "sals-25:budget", "sals-25:hits", "dense-fp8:topk=0.5", "sals-25-fp4"}) {
+        "sals-25:budget", "sals-25:hits", "dense-fp8:topk=0.5", "sals-25-fp4",
+        "sals-25:selection=per_head", "dense:selection=shared"}) {
     EXPECT_FALSE(ParseBenchConfig(bad).ok()) << bad;
   }
   auto defaults = ParseBenchConfigs(

@@ -22,7 +22,7 @@ model: {path: /models/x, calibration: /c.safetensors}
 backend: {type: cuda, cpu_threads: 3, cuda_dtype: bf16}
 kv_cache: {format: sals-12.5, block_size: 32, num_blocks: 100, value_bits: 16,
            dense_layers: [0, 5], dtype: fp8_e4m3, latent_dtype: fp16}
-attention: {topk_fraction: 0.25, token_budget: 512, select_all: true}
+attention: {topk_fraction: 0.25, token_budget: 512, select_all: true, selection: per_kv_head}
 scheduler: {max_num_seqs: 3, enable_prefix_caching: false, max_prefill_tokens: 512,
             max_prefill_chunk: 256, max_num_partial_prefills: 2}
 server: {listen: "127.0.0.1:1", shutdown_grace_seconds: 2.5}
@@ -42,6 +42,7 @@ server: {listen: "127.0.0.1:1", shutdown_grace_seconds: 2.5}
   EXPECT_EQ(c->engine.dense_layers, (std::vector<int>{0, 5}));
   EXPECT_EQ(c->engine.default_policy.token_budget, 512);
   EXPECT_TRUE(c->engine.default_policy.select_all);
+  EXPECT_EQ(c->engine.default_policy.selection, SalsSelection::kPerKvHead);
   EXPECT_FALSE(c->engine.enable_prefix_caching);
   EXPECT_EQ(c->engine.max_prefill_tokens, 512);
   EXPECT_EQ(c->engine.max_prefill_chunk, 256);
@@ -61,6 +62,8 @@ void ExpectError(std::string_view yaml, std::string_view needle,
 
 TEST(ServerConfigTest, RejectsUnknownKeysAndBadValuesByName) {
   ExpectError("kv_cache: {blok_size: 4}", "kv_cache.blok_size");
+  ExpectError("attention: {selection: per_head}", "attention.selection");
+  ExpectError("attention: {selection: [shared]}", "attention.selection");
   ExpectError("scheduling: {max_num_seqs: 4}", "scheduling");
   ExpectError("scheduler: {max_num_seqs: many}", "scheduler.max_num_seqs");
   ExpectError("scheduler: {max_num_seqs: 0}", "scheduler.max_num_seqs");

@@ -3,8 +3,12 @@
 // backend (f16/bf16), accumulates each layer's pre-RoPE key covariance, eigen-decomposes it and
 // writes the calibration file (format in engine/sals/basis.h). Progress is checkpointed next to
 // the output (calibration_checkpoint.h) and resumed with --resume. With --check it verifies that
-// an existing file fits the model and prints its captured energies.
+// an existing file fits the model and prints its captured energies (--energy-report: at every
+// rank a multiple of 8, per layer). --layer-rank-budget allocates a latent rank per layer at a
+// total budget by captured energy (engine/sals/rank_allocation.h), prints it beside the uniform
+// rank and, when calibrating, writes it as the file's "layer_ranks" metadata.
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -24,11 +28,13 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "engine/kv/kv_format.h"
 #include "engine/model/config.h"
 #include "engine/model/safetensors.h"
 #include "engine/model/weight_source.h"
 #include "engine/sals/basis.h"
 #include "engine/sals/calibration.h"
+#include "engine/sals/rank_allocation.h"
 #include "tools/calibrate/calibration_checkpoint.h"
 #include "tools/calibrate/calibration_data.h"
 #include "tools/calibrate/key_runners.h"
@@ -61,6 +67,15 @@ ABSL_FLAG(bool, resume, false,
           "continue from the checkpoint next to the output (OUT.checkpoint) if there is one");
 ABSL_FLAG(int, checkpoint_s, 120, "seconds between checkpoints (0 = none)");
 ABSL_FLAG(std::string, check, "", "verify this calibration file against --model instead");
+ABSL_FLAG(bool, energy_report, false,
+          "print the energy each layer's basis captures at every rank a multiple of 8");
+ABSL_FLAG(double, layer_rank_budget, 0.0,
+          "> 0: mean latent rank of the sparse layers as a fraction of D (0.125 = SALS-12.5%'s "
+          "bytes): a rank per layer by captured energy at that total, compared with the uniform "
+          "rank, and written as 'layer_ranks' metadata (with its bases) when calibrating");
+ABSL_FLAG(std::vector<std::string>, dense_layers, {},
+          "with --layer-rank-budget: layers kept dense, which get no rank (default: the first "
+          "two and the last, as the SALS presets)");
 
 namespace sals {
 namespace {
@@ -101,6 +116,74 @@ void PrintEnergies(const std::vector<int>& ranks, const std::vector<std::vector<
   }
 }
 
+// --energy-report: per layer, the energy captured at ranks 8, 16, ... D.
+void PrintEnergyReport(const std::vector<std::vector<double>>& eigenvalues) {
+  if (!absl::GetFlag(FLAGS_energy_report) || eigenvalues.empty()) return;
+  const int width = static_cast<int>(eigenvalues[0].size());
+  std::printf("energy captured per rank:\nlayer");
+  for (int r = kRankStep; r <= width; r += kRankStep) std::printf(" %6d", r);
+  std::printf("\n");
+  for (size_t l = 0; l < eigenvalues.size(); ++l) {
+    std::printf("%5zu", l);
+    for (int r = kRankStep; r <= width; r += kRankStep) {
+      std::printf(" %6.4f", CapturedEnergy(eigenvalues[l], r));
+    }
+    std::printf("\n");
+  }
+}
+
+// --layer-rank-budget: a rank per layer (0 for dense layers) whose sum over the sparse layers is
+// the uniform rank's, printed beside the uniform rank's energies. Empty when the flag is 0.
+absl::StatusOr<std::vector<int>> AllocateRanks(
+    const ModelConfig& config, const std::vector<std::vector<double>>& eigenvalues) {
+  const double budget = absl::GetFlag(FLAGS_layer_rank_budget);
+  if (budget == 0.0) return std::vector<int>{};
+  if (!(budget > 0.0 && budget <= 1.0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--layer-rank-budget must be in (0, 1], got ", budget));
+  }
+  auto dense = ParseIntListFlag("dense_layers", absl::GetFlag(FLAGS_dense_layers));
+  if (!dense.ok()) return dense.status();
+  std::vector<int> sparse;
+  if (dense->empty()) {
+    auto format = MakeKvCacheFormat(config, "sals-25");
+    if (!format.ok()) return format.status();
+    for (int l = 0; l < config.num_layers; ++l) {
+      if (!format->IsDense(l)) sparse.push_back(l);
+    }
+  } else {
+    for (int l = 0; l < config.num_layers; ++l) {
+      if (std::find(dense->begin(), dense->end(), l) == dense->end()) sparse.push_back(l);
+    }
+  }
+  const int width = config.kv_width();
+  const int uniform =
+      std::clamp(static_cast<int>(std::lround(width * budget / kRankStep)) * kRankStep, kRankStep,
+                 width / kRankStep * kRankStep);
+  auto ranks = AllocateLayerRanks(eigenvalues, sparse, uniform * static_cast<int>(sparse.size()));
+  if (!ranks.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--layer-rank-budget: ", ranks.status().message()));
+  }
+  std::printf("layer ranks at %d latent dims over %zu sparse layers (uniform rank %d):\n",
+              uniform * static_cast<int>(sparse.size()), sparse.size(), uniform);
+  std::printf("layer  uniform  energy    adaptive  energy\n");
+  double sum_u = 0.0, sum_a = 0.0, min_u = 1.0, min_a = 1.0;
+  for (int l : sparse) {
+    const double eu = CapturedEnergy(eigenvalues[l], uniform);
+    const double ea = CapturedEnergy(eigenvalues[l], (*ranks)[l]);
+    std::printf("%5d  %7d  %.4f    %8d  %.4f\n", l, uniform, eu, (*ranks)[l], ea);
+    sum_u += eu;
+    sum_a += ea;
+    min_u = std::min(min_u, eu);
+    min_a = std::min(min_a, ea);
+  }
+  const double n = static_cast<double>(sparse.size());
+  std::printf("mean   %7d  %.4f    %8s  %.4f   (min %.4f uniform, %.4f adaptive)\n", uniform,
+              sum_u / n, "", sum_a / n, min_u, min_a);
+  return ranks;
+}
+
 absl::Status Check(const std::string& model_dir, const std::filesystem::path& path) {
   auto config = LoadModelConfig(model_dir);
   if (!config.ok()) return config.status();
@@ -137,11 +220,28 @@ absl::Status Check(const std::string& model_dir, const std::filesystem::path& pa
       energy[l].push_back(e);
     }
   }
-  std::printf("%s fits %s: kv_width %d, %d layers, ranks %s, calibrated on %s tokens\n",
+  auto layer_ranks = LoadLayerRanks(path, *config);
+  if (!layer_ranks.ok()) return layer_ranks.status();
+  std::printf("%s fits %s: kv_width %d, %d layers, ranks %s, calibrated on %s tokens%s%s\n",
               path.string().c_str(), model_dir.c_str(), config->kv_width(), config->num_layers,
-              ranks_it->second.c_str(), meta.count("tokens") ? meta.at("tokens").c_str() : "?");
+              ranks_it->second.c_str(), meta.count("tokens") ? meta.at("tokens").c_str() : "?",
+              layer_ranks->empty() ? "" : ", layer ranks ",
+              layer_ranks->empty() ? "" : meta.at("layer_ranks").c_str());
   PrintEnergies(ranks, energy);
-  return absl::OkStatus();
+  std::vector<std::vector<double>> eigenvalues(config->num_layers);
+  for (int l = 0; l < config->num_layers; ++l) {
+    const std::string name = absl::StrCat("layers.", l, ".eigenvalues");
+    const TensorView* t = (*file)->Find(name);
+    const size_t bytes = sizeof(double) * config->kv_width();
+    if (t == nullptr || t->dtype_name != "F64" || t->nbytes != bytes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          path.string(), ": tensor '", name, "' missing or not F64 [", config->kv_width(), "]"));
+    }
+    eigenvalues[l].resize(config->kv_width());
+    std::memcpy(eigenvalues[l].data(), t->data, bytes);
+  }
+  PrintEnergyReport(eigenvalues);
+  return AllocateRanks(*config, eigenvalues).status();
 }
 
 // The model calibrated and the sequences it runs over.
@@ -356,7 +456,18 @@ absl::Status Calibrate(const std::vector<std::string>& data_files) {
   auto spectra = covariance.Decompose();
   if (!spectra.ok()) return spectra.status();
   const double decompose_s = absl::ToDoubleSeconds(absl::Now() - decompose_start);
-  if (absl::Status s = WriteCalibration(*out, *spectra, *ranks); !s.ok()) return s;
+  std::vector<std::vector<double>> eigenvalues;
+  for (const LayerSpectrum& l : spectra->layers) eigenvalues.push_back(l.eigenvalues);
+  auto layer_ranks = AllocateRanks(config, eigenvalues);
+  if (!layer_ranks.ok()) return layer_ranks.status();
+  // The allocation's largest rank is stored too: every layer's basis is a prefix of it.
+  std::vector<int> stored = *ranks;
+  if (!layer_ranks->empty()) {
+    stored.push_back(*std::max_element(layer_ranks->begin(), layer_ranks->end()));
+    std::sort(stored.begin(), stored.end());
+    stored.erase(std::unique(stored.begin(), stored.end()), stored.end());
+  }
+  if (absl::Status s = WriteCalibration(*out, *spectra, stored, *layer_ranks); !s.ok()) return s;
   std::filesystem::remove(checkpoint, ec);
   std::printf("wrote %s: %d layers, kv_width %d, %lld tokens\n", out->string().c_str(),
               config.num_layers, config.kv_width(), static_cast<long long>(spectra->tokens));
@@ -370,6 +481,7 @@ absl::Status Calibrate(const std::vector<std::string>& data_files) {
     for (int r : *ranks) energy[l].push_back(spectra->layers[l].Energy(r));
   }
   PrintEnergies(*ranks, energy);
+  PrintEnergyReport(eigenvalues);
   return absl::OkStatus();
 }
 }  // namespace
@@ -382,7 +494,8 @@ int main(int argc, char** argv) {
       "    [--backend cpu|cuda] [--cuda-dtype f16|bf16] [--ranks 0.25,0.125] [--out FILE]\n"
       "    [--seq-len 2048] [--chunk N] [--max-tokens N] [--resume] [--checkpoint-s 120]\n"
       "  or: sals-calibrate --synthetic llama-3.1-8b --max-tokens N --out FILE [--backend cuda]\n"
-      "  or: sals-calibrate --model DIR --check FILE");
+      "  or: sals-calibrate --model DIR --check FILE [--energy-report]\n"
+      "  either with [--layer-rank-budget 0.125 [--dense-layers 0,1,31]]");
   sals::NormalizeFlagNames(argc, argv);
   const std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
   std::vector<std::string> data = absl::GetFlag(FLAGS_data);

@@ -1,6 +1,7 @@
 // sals-recall: how much true attention mass SALS's token selection keeps on a prompt. Runs the
 // dense CPU reference over the prompt, then for each decode position from --start and each layer
 // compares the policy's selection (latent scores of a calibrated basis) with exact attention.
+#include <algorithm>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -11,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "engine/sals/basis.h"
 #include "engine/sals/calibration.h"
 #include "engine/sals/dense_capture.h"
@@ -27,6 +29,12 @@ ABSL_FLAG(int, max_tokens, 2048, "prompt tokens used at most");
 ABSL_FLAG(double, topk, 0.125, "selected middle tokens as a fraction of the context");
 ABSL_FLAG(int, token_budget, 0, "> 0: at most this many selected middle tokens");
 ABSL_FLAG(int, score_dims, 0, "latent dims that score tokens (0 = rank / 2)");
+ABSL_FLAG(std::vector<std::string>, selection, {"shared"},
+          "selections compared, each measured on the same dense run: shared, per_kv_head");
+ABSL_FLAG(std::vector<std::string>, layer_ranks, {},
+          "a latent rank per layer (0 for dense ones; sals-calibrate --layer-rank-budget): each "
+          "measured layer scores with rank / 2 dims (--score-dims ignored); the basis of the "
+          "largest is loaded");
 ABSL_FLAG(int, sinks, 16, "first tokens always attended");
 ABSL_FLAG(int, recent, 64, "last tokens always attended");
 ABSL_FLAG(int, start, -1, "first decode position measured (-1 = sinks + recent)");
@@ -65,7 +73,15 @@ absl::Status Recall() {
   if (calibration.empty()) {
     calibration = (std::filesystem::path(model_dir) / kCalibrationFileName).string();
   }
-  auto basis = LoadSalsBasis(calibration, config, ranks->front());
+  auto layer_ranks = ParseIntListFlag("layer_ranks", absl::GetFlag(FLAGS_layer_ranks));
+  if (!layer_ranks.ok()) return layer_ranks.status();
+  int load_rank = ranks->front();
+  std::vector<int> layer_score_dims;
+  for (int r : *layer_ranks) {
+    load_rank = std::max(load_rank, r);
+    layer_score_dims.push_back(r / 2);
+  }
+  auto basis = LoadSalsBasis(calibration, config, load_rank);
   if (!basis.ok()) return basis.status();
 
   std::vector<int32_t> tokens = model->tokenizer->Encode(*text, /*add_bos=*/true);
@@ -78,6 +94,14 @@ absl::Status Recall() {
   if (!capture.ok()) return capture.status();
   if (absl::Status s = (*capture)->Run(tokens); !s.ok()) return s;
 
+  std::vector<SalsSelection> selections;
+  for (const std::string& name : absl::GetFlag(FLAGS_selection)) {
+    absl::StatusOr<SalsSelection> s = ParseSalsSelection(name);
+    if (!s.ok())
+      return absl::InvalidArgumentError(absl::StrCat("--selection: ", s.status().message()));
+    selections.push_back(*s);
+  }
+  if (selections.empty()) return absl::InvalidArgumentError("--selection: none given");
   RecallOptions options;
   options.policy.topk_fraction = absl::GetFlag(FLAGS_topk);
   options.policy.token_budget = absl::GetFlag(FLAGS_token_budget);
@@ -87,8 +111,7 @@ absl::Status Recall() {
   const int start = absl::GetFlag(FLAGS_start);
   options.start = start >= 0 ? start : options.policy.sink_tokens + options.policy.recent_tokens;
   options.layers = *layers;
-  auto report = MeasureRecall(config, *basis, recorder, options);
-  if (!report.ok()) return report.status();
+  options.layer_score_dims = layer_score_dims;
 
   SalsStorage storage;
   storage.rank = basis->rank;
@@ -101,10 +124,21 @@ absl::Status Recall() {
       model_dir.c_str(), tokens.size(), static_cast<long long>(options.start), tokens.size() - 1,
       p.rank, config.kv_width(), p.score_dims, p.topk_fraction, budget.c_str(), p.sink_tokens,
       p.recent_tokens);
-  std::printf("%-7s %9s %8s %8s %9s %9s\n", "layer", "positions", "mean", "min", "attended",
-              "random");
-  for (const LayerRecall& l : report->layers) PrintRow(absl::StrCat(l.layer), l.stats);
-  PrintRow("all", report->overall);
+  if (!layer_ranks->empty()) {
+    std::printf("layer ranks %s: score dims %s per layer (the rank-%d basis' prefixes)\n",
+                absl::StrJoin(*layer_ranks, ",").c_str(),
+                absl::StrJoin(layer_score_dims, ",").c_str(), basis->rank);
+  }
+  for (SalsSelection selection : selections) {
+    options.policy.selection = selection;
+    auto report = MeasureRecall(config, *basis, recorder, options);
+    if (!report.ok()) return report.status();
+    std::printf("selection %s\n", std::string(SalsSelectionName(selection)).c_str());
+    std::printf("%-7s %9s %8s %8s %9s %9s\n", "layer", "positions", "mean", "min", "attended",
+                "random");
+    for (const LayerRecall& l : report->layers) PrintRow(absl::StrCat(l.layer), l.stats);
+    PrintRow("all", report->overall);
+  }
   return absl::OkStatus();
 }
 
@@ -115,7 +149,8 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "sals-recall --model DIR --prompt-file FILE [--calibration FILE] [--rank 0.25]\n"
       "    [--topk 0.125] [--token-budget N] [--score-dims N] [--sinks 16] [--recent 64]\n"
-      "    [--start P] [--max-tokens 2048] [--layers 2,3]\n"
+      "    [--start P] [--max-tokens 2048] [--layers 2,3] [--selection shared,per_kv_head]\n"
+      "    [--layer-ranks 0,0,8,16,24,16,16,0]\n"
       "Columns: mean and min of the attention mass kept (averaged over heads), the share of the\n"
       "context attended, and what a random pick of as many middle tokens would keep.");
   sals::NormalizeFlagNames(argc, argv);

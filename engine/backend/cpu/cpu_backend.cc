@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <iterator>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -226,52 +228,87 @@ class CpuBackend : public Backend {
     }
   }
 
-  // Cached positions a SALS layer attends to for this slice. A prefill chunk (several tokens)
-  // attends densely to everything cached; a one-token step attends to the sinks, the recent
-  // window and the top-k middle tokens by latent score.
-  std::vector<int64_t> SalsPositions(int layer, const SequenceSlice& seq, const float* q_pre,
-                                     const SalsPolicy& policy) const {
+  // Cached positions a SALS layer attends to for this slice, one sorted list per selection list
+  // (SelectionLists: one shared by every head, or one per KV head). A prefill chunk (several
+  // tokens) attends densely to everything cached (one list); a one-token step attends to the
+  // sinks, the recent window and the top-k middle tokens by latent score.
+  std::vector<std::vector<int64_t>> SalsPositions(int layer, const SequenceSlice& seq,
+                                                  const float* q_pre,
+                                                  const SalsPolicy& policy) const {
     const int64_t cached = seq.context_len;
-    std::vector<int64_t> positions;
     if (seq.num_tokens > 1 || policy.select_all) {
-      positions.resize(cached);
-      for (int64_t j = 0; j < cached; ++j) positions[j] = j;
-      return positions;
+      std::vector<int64_t> all(cached);
+      for (int64_t j = 0; j < cached; ++j) all[j] = j;
+      return {std::move(all)};
     }
     const SelectionPlan plan = PlanSelection(policy, cached);
+    const int lists = SelectionLists(config_, policy.selection);
+    std::vector<std::vector<int64_t>> positions(lists);
     // sink_end may count the new token (a context shorter than the sink window): it is attended
     // once, as a new token, not read from the store it is not yet in.
-    for (int64_t j = 0; j < std::min<int64_t>(plan.sink_end, cached); ++j) positions.push_back(j);
+    for (std::vector<int64_t>& list : positions) {
+      for (int64_t j = 0; j < std::min<int64_t>(plan.sink_end, cached); ++j) list.push_back(j);
+    }
     if (plan.topk > 0) {
-      // Latent query: the query heads of each GQA group summed (D wide), projected by U^T; only
-      // the first score_dims latent dims score.
-      const ModelConfig& c = config_;
-      const int width = c.kv_width(), group = c.group_size(), r = policy.score_dims;
-      std::vector<float> q_sum(width, 0.0f), q_latent(r, 0.0f);
-      for (int h = 0; h < c.num_heads; ++h) {
-        const int kv_head = h / group;
-        for (int i = 0; i < c.head_dim; ++i) {
-          q_sum[kv_head * c.head_dim + i] += q_pre[h * c.head_dim + i];
-        }
-      }
-      const std::vector<float>& u = kv_->basis(layer);
-      const int basis_rank = options_.basis.rank;
-      for (int i = 0; i < width; ++i) {
-        for (int j = 0; j < r; ++j) q_latent[j] += u[i * basis_rank + j] * q_sum[i];
-      }
+      // Latent queries (selection.h); only the first score_dims latent dims score. Each cached
+      // latent is read once and scored against every list's query.
+      const int r = policy.score_dims;
+      const std::vector<float> q_latent = LatentQueries(
+          config_, kv_->basis(layer), options_.basis.rank, r, q_pre, policy.selection);
       const int64_t middle = plan.recent_begin - plan.sink_end;
-      std::vector<float> scores(middle);
+      std::vector<float> scores(lists * middle);
 #pragma omp parallel for schedule(static) if (middle > 4096)
       for (int64_t m = 0; m < middle; ++m) {
         const float* latent = kv_->Latent(layer, seq.block_table, plan.sink_end + m);
-        float acc = 0.0f;
-        for (int j = 0; j < r; ++j) acc += q_latent[j] * latent[j];
-        scores[m] = acc;
+        for (int l = 0; l < lists; ++l) {
+          const float* q = q_latent.data() + static_cast<int64_t>(l) * r;
+          float acc = 0.0f;
+          for (int j = 0; j < r; ++j) acc += q[j] * latent[j];
+          scores[l * middle + m] = acc;
+        }
       }
-      for (int64_t m : SelectTopK(scores, plan.topk)) positions.push_back(plan.sink_end + m);
+      for (int l = 0; l < lists; ++l) {
+        for (int64_t m : SelectTopK(std::span(scores).subspan(l * middle, middle), plan.topk)) {
+          positions[l].push_back(plan.sink_end + m);
+        }
+      }
     }
-    for (int64_t j = plan.recent_begin; j < cached; ++j) positions.push_back(j);
+    for (std::vector<int64_t>& list : positions) {
+      for (int64_t j = plan.recent_begin; j < cached; ++j) list.push_back(j);
+    }
     return positions;
+  }
+
+  // A one-token step's attention with one list per KV head: g's query heads attend g's list
+  // (its rows gathered from the union `positions` read into keys/values), then the new token
+  // (row positions.size() of keys/values).
+  void AttendPerKvHead(const std::vector<std::vector<int64_t>>& lists,
+                       std::span<const int64_t> positions, const std::vector<float>& keys,
+                       const std::vector<float>& values, const float* q_row,
+                       float* attn_row) const {
+    const ModelConfig& c = config_;
+    const int hd = c.head_dim, kvw = c.kv_width(), group = c.group_size();
+    const int64_t m = static_cast<int64_t>(positions.size());
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+#pragma omp parallel for schedule(static) if (m > 64)
+    for (int g = 0; g < c.num_kv_heads; ++g) {
+      const std::vector<int64_t>& list = lists[g];
+      const int64_t rows = static_cast<int64_t>(list.size()) + 1;
+      std::vector<float> k(rows * hd), v(rows * hd), scores(rows);
+      for (int64_t j = 0; j < rows; ++j) {
+        const int64_t u =
+            j + 1 < rows
+                ? std::lower_bound(positions.begin(), positions.end(), list[j]) - positions.begin()
+                : m;
+        const int64_t src = u * kvw + static_cast<int64_t>(g) * hd;
+        std::copy_n(keys.data() + src, hd, k.data() + j * hd);
+        std::copy_n(values.data() + src, hd, v.data() + j * hd);
+      }
+      for (int h = g * group; h < (g + 1) * group; ++h) {
+        cpu::AttendRows(q_row + static_cast<int64_t>(h) * hd, k.data(), v.data(), hd, rows, hd,
+                        scale, scores.data(), attn_row + static_cast<int64_t>(h) * hd);
+      }
+    }
   }
 
   // One sequence's attention in a SALS layer, then its new tokens stored as latents + quantized
@@ -282,16 +319,30 @@ class CpuBackend : public Backend {
     const int qw = c.q_width(), kvw = c.kv_width(), row = qw + 2 * kvw, group = c.group_size();
     const int64_t n = seq.num_tokens;
     const SalsPolicy policy = seq.policy.Resolved(*pool_.format.sals);
-    const std::vector<int64_t> positions =
+    const std::vector<std::vector<int64_t>> lists =
         SalsPositions(layer, seq, pre_rope + first_token * row, policy);
+    // Every list's tokens are read from the store once: their union, sorted.
+    std::vector<int64_t> positions = lists[0];
+    for (size_t l = 1; l < lists.size(); ++l) {
+      std::vector<int64_t> merged;
+      std::set_union(positions.begin(), positions.end(), lists[l].begin(), lists[l].end(),
+                     std::back_inserter(merged));
+      positions = std::move(merged);
+    }
     const int64_t m = static_cast<int64_t>(positions.size());
     if (n == 1) {
-      out->sals_attended_tokens += m;
+      // Tokens each head attends (every list is as long), not the union read.
+      out->sals_attended_tokens += static_cast<int64_t>(lists[0].size());
       out->sals_cached_tokens += seq.context_len;
-      if (options_.selection_observer) options_.selection_observer(layer, seq_index, positions);
+      if (options_.selection_observer) {
+        for (size_t l = 0; l < lists.size(); ++l) {
+          options_.selection_observer(layer, seq_index,
+                                      lists.size() == 1 ? -1 : static_cast<int>(l), lists[l]);
+        }
+      }
     }
 
-    // Keys (post-RoPE) and values: the selected cached tokens, then the new tokens exact.
+    // Keys (post-RoPE) and values: the union's cached tokens, then the new tokens exact.
     std::vector<float> keys((m + n) * kvw), values((m + n) * kvw);
 #pragma omp parallel for schedule(static) if (m > 64)
     for (int64_t j = 0; j < m; ++j) {
@@ -304,19 +355,24 @@ class CpuBackend : public Backend {
       std::copy_n(src + qw, kvw, keys.data() + (m + i) * kvw);
       std::copy_n(src + qw + kvw, kvw, values.data() + (m + i) * kvw);
     }
-    const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+    if (lists.size() > 1) {
+      AttendPerKvHead(lists, positions, keys, values, qkv + first_token * row,
+                      attn + first_token * qw);
+    } else {
+      const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
 #pragma omp parallel
-    {
-      std::vector<float> scores(m + n);
+      {
+        std::vector<float> scores(m + n);
 #pragma omp for schedule(dynamic, 4)
-      for (int64_t item = 0; item < n * c.num_heads; ++item) {
-        const int64_t i = item / c.num_heads;
-        const int head = static_cast<int>(item % c.num_heads);
-        const int64_t kv_off = static_cast<int64_t>(head / group) * c.head_dim;
-        const int64_t q_off = (first_token + i) * row + static_cast<int64_t>(head) * c.head_dim;
-        cpu::AttendRows(qkv + q_off, keys.data() + kv_off, values.data() + kv_off, kvw, m + i + 1,
-                        c.head_dim, scale, scores.data(),
-                        attn + (first_token + i) * qw + static_cast<int64_t>(head) * c.head_dim);
+        for (int64_t item = 0; item < n * c.num_heads; ++item) {
+          const int64_t i = item / c.num_heads;
+          const int head = static_cast<int>(item % c.num_heads);
+          const int64_t kv_off = static_cast<int64_t>(head / group) * c.head_dim;
+          const int64_t q_off = (first_token + i) * row + static_cast<int64_t>(head) * c.head_dim;
+          cpu::AttendRows(qkv + q_off, keys.data() + kv_off, values.data() + kv_off, kvw, m + i + 1,
+                          c.head_dim, scale, scores.data(),
+                          attn + (first_token + i) * qw + static_cast<int64_t>(head) * c.head_dim);
+        }
       }
     }
     for (int64_t i = 0; i < n; ++i) {

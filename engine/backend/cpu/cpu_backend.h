@@ -25,8 +25,10 @@ struct CpuBackendOptions {
   std::function<void(int layer, std::span<const float> qkv_pre_rope, int64_t tokens)>
       projection_observer;
   // Called for each one-token SALS step with the cached positions it attends to (sorted; the
-  // new token itself not included): selection statistics and tests.
-  std::function<void(int layer, int seq, std::span<const int64_t> positions)> selection_observer;
+  // new token itself not included): selection statistics and tests. Once with kv_head -1 when
+  // every head attends one list (SalsSelection::kShared), else once per KV head with its list.
+  std::function<void(int layer, int seq, int kv_head, std::span<const int64_t> positions)>
+      selection_observer;
   // OpenMP threads of each Forward (set on the calling thread); 0 = OpenMP's default.
   int num_threads = 0;
 };

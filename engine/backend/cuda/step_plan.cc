@@ -4,6 +4,7 @@
 #include <bit>
 
 #include "absl/strings/str_cat.h"
+#include "engine/common/absl_compat.h"
 
 namespace sals::cuda {
 namespace {
@@ -11,7 +12,8 @@ namespace {
 bool SamePolicy(const SalsPolicy& a, const SalsPolicy& b) {
   return a.rank == b.rank && a.score_dims == b.score_dims && a.topk_fraction == b.topk_fraction &&
          a.token_budget == b.token_budget && a.select_all == b.select_all &&
-         a.sink_tokens == b.sink_tokens && a.recent_tokens == b.recent_tokens;
+         a.sink_tokens == b.sink_tokens && a.recent_tokens == b.recent_tokens &&
+         a.selection == b.selection;
 }
 
 // The batch's one-token slices grouped by resolved SALS policy (one group without SALS), each in
@@ -215,6 +217,12 @@ absl::StatusOr<StepPlan> PlanStep(const ForwardBatch& batch, bool greedy,
   int max_decode_kv = 0;
   StepPlan p;
   for (const SequenceSlice& seq : batch.seqs) {
+    if (sals && seq.policy.selection != SalsSelection::kShared) {
+      return absl::UnimplementedError(
+          absl::StrCat("the CUDA backend has no SALS selection '",
+                       ToAbsl(SalsSelectionName(seq.policy.selection)),
+                       "' (per KV head: the CPU reference only); use 'shared'"));
+    }
     max_blocks = std::max<int64_t>(max_blocks, CeilDiv(seq.context_len + seq.num_tokens, bs));
     if (seq.num_tokens == 1) {
       max_decode_kv = std::max(max_decode_kv, seq.context_len + 1);

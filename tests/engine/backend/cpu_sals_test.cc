@@ -207,7 +207,7 @@ TEST_P(CpuSalsTest, QuantizationAndSparsityCostAccuracyInOrder) {
 TEST_P(CpuSalsTest, SinksAndRecentAlwaysAttendedPlusExactlyTopK) {
   std::vector<std::vector<int64_t>> seen;
   CpuBackendOptions options;
-  options.selection_observer = [&](int, int, std::span<const int64_t> positions) {
+  options.selection_observer = [&](int, int, int, std::span<const int64_t> positions) {
     seen.emplace_back(positions.begin(), positions.end());
   };
   SalsSetup setup;
@@ -229,6 +229,72 @@ TEST_P(CpuSalsTest, SinksAndRecentAlwaysAttendedPlusExactlyTopK) {
     }
     const int64_t middle = std::max<int64_t>(0, context - 8 - 4);
     EXPECT_EQ(positions.size(), expected_fixed.size() + std::min<int64_t>(2, middle));
+  }
+}
+
+TEST_P(CpuSalsTest, PerKvHeadFullBudgetEqualsShared) {
+  // Every middle token selected: each KV head's list is the shared one, so attending per head
+  // (rows gathered per head) must give the shared path's logits bit for bit.
+  SalsSetup setup;
+  setup.value_bits = 4;
+  auto backend = Sals(setup, RandomOrthogonalBasis(model_.config, 4));
+  ASSERT_NE(backend, nullptr);
+  SalsPolicy per_head = Policy(1.0);
+  per_head.selection = SalsSelection::kPerKvHead;
+  const auto shared_rows = RunStreams(*backend, refs_, Policy(1.0));
+  const auto per_head_rows = RunStreams(*backend, refs_, per_head);
+  EXPECT_EQ(shared_rows, per_head_rows);
+}
+
+TEST_P(CpuSalsTest, PerKvHeadListsOnePerHeadWellFormedAndDeterministic) {
+  struct Step {
+    int layer, kv_head;
+    std::vector<int64_t> positions;
+  };
+  std::vector<Step> seen;
+  CpuBackendOptions options;
+  options.selection_observer = [&](int layer, int, int kv_head,
+                                   std::span<const int64_t> positions) {
+    seen.push_back(Step{layer, kv_head, {positions.begin(), positions.end()}});
+  };
+  SalsSetup setup;
+  setup.rank = model_.config.kv_width() / 2;
+  auto backend = Sals(setup, RandomOrthogonalBasis(model_.config, 6), std::move(options));
+  ASSERT_NE(backend, nullptr);
+  SalsPolicy policy = Policy(0.0, /*token_budget=*/2);
+  policy.selection = SalsSelection::kPerKvHead;
+  RunStreams(*backend, refs_, policy);
+  const std::vector<Step> first = std::move(seen);
+  seen.clear();
+  RunStreams(*backend, refs_, policy);
+  const int heads = model_.config.num_kv_heads;
+  ASSERT_EQ(first.size(), seen.size());
+  ASSERT_FALSE(first.empty());
+  ASSERT_EQ(first.size() % heads, 0u);
+  int differing = 0;
+  for (size_t i = 0; i < first.size(); ++i) {
+    EXPECT_EQ(first[i].positions, seen[i].positions) << "step " << i << " not deterministic";
+    EXPECT_EQ(first[i].kv_head, static_cast<int>(i % heads));  // heads in order, each once
+    const std::vector<int64_t>& p = first[i].positions;
+    ASSERT_TRUE(std::is_sorted(p.begin(), p.end()));
+    ASSERT_TRUE(std::adjacent_find(p.begin(), p.end()) == p.end());
+    // Every head attends as many tokens: sinks + recent + min(2, middle).
+    const std::vector<int64_t>& head0 = first[i - i % heads].positions;
+    EXPECT_EQ(p.size(), head0.size());
+    if (p != head0) ++differing;
+    // The fixed windows are in every list.
+    const int64_t pos = p.back() + 1, context = pos + 1;
+    for (int64_t j = 0; j < std::min<int64_t>(4, context); ++j) {
+      EXPECT_TRUE(std::binary_search(p.begin(), p.end(), j));
+    }
+    for (int64_t j = std::max<int64_t>(4, context - 8); j < pos; ++j) {
+      EXPECT_TRUE(std::binary_search(p.begin(), p.end(), j));
+    }
+  }
+  std::printf("[sals] %s per-KV-head: %d of %zu lists differ from KV head 0's\n",
+              GetParam().c_str(), differing, first.size());
+  if (heads > 1) {
+    EXPECT_GT(differing, 0);  // the heads do select for themselves
   }
 }
 

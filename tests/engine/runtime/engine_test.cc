@@ -346,6 +346,50 @@ TEST(EngineTest, MissingCalibrationSaysHowToCalibrateOrServeDense) {
   EXPECT_TRUE(model.ok()) << model.status();
 }
 
+// Per-KV-head selection is CPU-reference only: an engine on the CUDA backend refuses it by name,
+// as its default policy at start-up and in a request; the CPU engine takes both.
+TEST(EngineTest, PerKvHeadSelectionIsRefusedOnCudaByName) {
+  EngineConfig config = DenseConfig("llama2-mha");
+  config.kv_format = "sals-25";
+  config.default_policy.sink_tokens = 4;
+  config.default_policy.recent_tokens = 8;
+  SalsPolicy per_head = config.default_policy;
+  per_head.selection = SalsSelection::kPerKvHead;
+  for (const std::string backend : {"cpu", "cuda"}) {
+    SCOPED_TRACE(backend);
+    config.backend = backend;
+    // The model is loaded on the CPU: only the engine's own check is under test.
+    EngineConfig cpu_load = config;
+    cpu_load.backend = "cpu";
+    config.default_policy.selection = SalsSelection::kPerKvHead;
+    auto model = LoadModel(cpu_load);
+    ASSERT_TRUE(model.ok()) << model.status();
+    auto engine = Engine::Create(config, nullptr, std::move(*model));
+    if (backend == "cuda") {
+      ASSERT_FALSE(engine.ok());
+      EXPECT_EQ(engine.status().code(), absl::StatusCode::kUnimplemented);
+      EXPECT_NE(engine.status().message().find("per_kv_head"), absl::string_view::npos)
+          << engine.status();
+    } else {
+      EXPECT_TRUE(engine.ok()) << engine.status();
+    }
+    config.default_policy.selection = SalsSelection::kShared;
+    model = LoadModel(cpu_load);
+    ASSERT_TRUE(model.ok()) << model.status();
+    engine = Engine::Create(config, nullptr, std::move(*model));
+    ASSERT_TRUE(engine.ok()) << engine.status();
+    GenerationRequest request = Greedy({1, 2, 3}, 2);
+    request.policy = per_head;
+    const absl::Status submitted = (*engine)->Submit(request, std::make_shared<CollectingSink>());
+    if (backend == "cuda") {
+      EXPECT_EQ(submitted.code(), absl::StatusCode::kUnimplemented) << submitted;
+      EXPECT_NE(submitted.message().find("per_kv_head"), absl::string_view::npos) << submitted;
+    } else {
+      EXPECT_TRUE(submitted.ok()) << submitted;
+    }
+  }
+}
+
 // A backend failure is not silent: requests in flight end with an Internal error naming it, the
 // observer hears of it once, and the engine refuses new work as Unavailable.
 TEST(EngineTest, BackendFailureEndsRequestsWithTheErrorAndStopsTheEngine) {

@@ -364,6 +364,24 @@ TEST_F(BasisFileTest, WriteRejectsRanksOutsideTheWidth) {
   EXPECT_FALSE(WriteCalibration(dir_ / "x", spectra_, wide).ok());
 }
 
+TEST_F(BasisFileTest, LayerRanksRoundTripAndOldFilesHaveNone) {
+  const auto old_file = Write("old", {8, 16});
+  auto none = LoadLayerRanks(old_file, config_);
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_TRUE(none->empty());
+  const std::vector<int> ranks = {8, 16}, layer_ranks = {16, 8};
+  ASSERT_TRUE(WriteCalibration(dir_ / "adaptive", spectra_, ranks, layer_ranks).ok());
+  auto loaded = LoadLayerRanks(dir_ / "adaptive", config_);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(*loaded, layer_ranks);
+  // The bases still load as before.
+  EXPECT_TRUE(LoadSalsBasis(dir_ / "adaptive", config_, 8).ok());
+  // A layer rank beyond every stored basis, or one per wrong number of layers, is refused.
+  const std::vector<int> too_large = {16, 24}, too_few = {8};
+  EXPECT_FALSE(WriteCalibration(dir_ / "x", spectra_, ranks, too_large).ok());
+  EXPECT_FALSE(WriteCalibration(dir_ / "x", spectra_, ranks, too_few).ok());
+}
+
 // The committed calibration files of the fixtures: present for 1/8, 1/4, 1/2 and full rank, for
 // the model they sit next to, with orthonormal columns.
 class FixtureCalibrationTest : public ::testing::TestWithParam<std::string> {};

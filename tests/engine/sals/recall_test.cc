@@ -53,6 +53,8 @@ class RecallTest : public ::testing::TestWithParam<std::string> {
     return basis.ok() ? *basis : SalsBasis{};
   }
 
+  void CheckFirstLayerAgainstBackend(SalsSelection selection);
+
   testing::FixtureModel model_;
   std::vector<int32_t> tokens_;
   std::optional<QueryKeyRecorder> recorder_;
@@ -103,8 +105,16 @@ TEST_P(RecallTest, CalibratedBasesBeatARandomPick) {
 // The backend's own selections (a SALS run, one decode step at a time) scored independently here
 // must give the recall MeasureRecall computes from the same run's projections. Only the first
 // layer is compared: its queries and keys do not depend on earlier SALS layers, so they are the
-// dense run's, which MeasureRecall assumes.
+// dense run's, which MeasureRecall assumes. Shared and per-KV-head selection (one list per KV
+// head, each query head scored on its own KV head's list).
 TEST_P(RecallTest, MatchesTheBackendsSelectionInTheFirstLayer) {
+  for (SalsSelection selection : {SalsSelection::kShared, SalsSelection::kPerKvHead}) {
+    SCOPED_TRACE(std::string(SalsSelectionName(selection)));
+    CheckFirstLayerAgainstBackend(selection);
+  }
+}
+
+void RecallTest::CheckFirstLayerAgainstBackend(SalsSelection selection) {
   const ModelConfig& c = model_.config;
   const SalsBasis basis = CalibratedBasis(0.25);
   constexpr int kStart = 200, kEnd = 320;
@@ -116,7 +126,8 @@ TEST_P(RecallTest, MatchesTheBackendsSelectionInTheFirstLayer) {
   storage.values = ValueQuantSpec{16, c.kv_width()};
   pool.format.sals = storage;
   pool.format.dense_layer.assign(c.num_layers, false);
-  std::map<int64_t, std::vector<int64_t>> selected;  // decode position -> layer 0's positions
+  // decode position -> layer 0's lists (one shared, or one per KV head)
+  std::map<int64_t, std::vector<std::vector<int64_t>>> selected;
   int64_t step_pos = 0;
   QueryKeyRecorder recorded(c);  // what this run's layers saw, rounding included
   CpuBackendOptions options;
@@ -124,8 +135,12 @@ TEST_P(RecallTest, MatchesTheBackendsSelectionInTheFirstLayer) {
   options.projection_observer = [&](int layer, std::span<const float> rows, int64_t n) {
     recorded.Observe(layer, rows, n);
   };
-  options.selection_observer = [&](int layer, int, std::span<const int64_t> positions) {
-    if (layer == 0) selected[step_pos].assign(positions.begin(), positions.end());
+  options.selection_observer = [&](int layer, int, int kv_head,
+                                   std::span<const int64_t> positions) {
+    if (layer != 0) return;
+    auto& lists = selected[step_pos];
+    EXPECT_EQ(kv_head, selection == SalsSelection::kShared ? -1 : static_cast<int>(lists.size()));
+    lists.emplace_back(positions.begin(), positions.end());
   };
   auto backend = CreateCpuBackend(c, *model_.weights, pool, options);
   ASSERT_TRUE(backend.ok()) << backend.status();
@@ -139,6 +154,7 @@ TEST_P(RecallTest, MatchesTheBackendsSelectionInTheFirstLayer) {
     seq.context_len = static_cast<int32_t>(pos);
     seq.block_table = table;
     seq.exact_slot = 0;
+    seq.policy.selection = selection;
     batch.tokens.assign(tokens_.begin() + pos, tokens_.begin() + pos + n);
     step_pos = pos;
     ForwardOutput out;
@@ -155,10 +171,13 @@ TEST_P(RecallTest, MatchesTheBackendsSelectionInTheFirstLayer) {
     cpu::ApplyRope(k.data() + t * c.kv_width(), c.num_kv_heads, c.head_dim, inv_freq, t);
   }
   double sum = 0.0;
-  for (auto& [p, positions] : selected) {
-    positions.push_back(p);  // the new token itself
+  for (auto& [p, lists] : selected) {
+    ASSERT_EQ(lists.size(),
+              selection == SalsSelection::kShared ? 1u : static_cast<size_t>(c.num_kv_heads));
+    for (std::vector<int64_t>& positions : lists) positions.push_back(p);  // the new token
     double recall = 0.0;
     for (int h = 0; h < c.num_heads; ++h) {
+      const std::vector<int64_t>& positions = lists[lists.size() == 1 ? 0 : h / c.group_size()];
       std::vector<double> w(p + 1);
       for (int64_t j = 0; j <= p; ++j) {
         double dot = 0.0;
@@ -179,6 +198,7 @@ TEST_P(RecallTest, MatchesTheBackendsSelectionInTheFirstLayer) {
   RecallOptions recall_options;
   recall_options.start = kStart;
   recall_options.layers = {0};
+  recall_options.policy.selection = selection;
   auto report = MeasureRecall(c, basis, recorded, recall_options);
   ASSERT_TRUE(report.ok()) << report.status();
   EXPECT_NEAR(report->layers[0].stats.mean, sum / (kEnd - kStart), 1e-9);
@@ -194,6 +214,17 @@ TEST_P(RecallTest, SelectedLayersOnlyAndErrors) {
   ASSERT_EQ(report->layers.size(), 1u);
   EXPECT_EQ(report->layers[0].layer, 1);
   EXPECT_EQ(report->overall.samples, 10);
+  // Per-layer scoring dims equal to the policy's (half the rank) change nothing; other counts
+  // or out-of-range dims are errors.
+  options.layer_score_dims.assign(model_.config.num_layers, basis.rank / 2);
+  auto same = MeasureRecall(model_.config, basis, *recorder_, options);
+  ASSERT_TRUE(same.ok()) << same.status();
+  EXPECT_EQ(same->overall.mean, report->overall.mean);
+  options.layer_score_dims[1] = basis.rank + 1;
+  EXPECT_FALSE(MeasureRecall(model_.config, basis, *recorder_, options).ok());
+  options.layer_score_dims.assign(model_.config.num_layers + 1, 1);
+  EXPECT_FALSE(MeasureRecall(model_.config, basis, *recorder_, options).ok());
+  options.layer_score_dims.clear();
 
   options.start = kTokens;
   EXPECT_THAT(

@@ -272,6 +272,19 @@ TEST(StepPlanTest, StepsThatAGraphCannotServeRunEagerly) {
   EXPECT_TRUE(Plan(policies, DenseOptions()).graph);  // policies mean nothing to a dense pool
 }
 
+TEST(StepPlanTest, PerKvHeadSelectionIsRefusedByName) {
+  SalsPolicy per_head = Policy();
+  per_head.selection = SalsSelection::kPerKvHead;
+  ForwardBatch batch;
+  Add(&batch, 10, 1, Policy());
+  Add(&batch, 30, 1, per_head);
+  const absl::StatusOr<StepPlan> plan = PlanStep(batch, false, SalsOptions(), Never);
+  ASSERT_FALSE(plan.ok());
+  EXPECT_EQ(plan.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_NE(plan.status().message().find("per_kv_head"), std::string_view::npos) << plan.status();
+  EXPECT_TRUE(PlanStep(batch, false, DenseOptions(), Never).ok());  // no SALS layer: no selection
+}
+
 TEST(StepPlanTest, SalsDecodeSlicesGroupByResolvedPolicy) {
   SalsPolicy full_rank = Policy();
   full_rank.rank = 32;  // the stored rank: resolves like the default
