@@ -3,6 +3,7 @@
 // and end-to-end latency percentiles, throughput and goodput; JSON and CSV for plot.py.
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdio>
@@ -40,7 +41,9 @@ ABSL_FLAG(double, burstiness, 1.0,
           "gamma shape of the gaps between arrivals: 1 = Poisson, < 1 burstier, > 1 steadier");
 ABSL_FLAG(
     std::string, concurrency, "",
-    "instead of a rate: keep this many requests in flight, or a list for a sweep (\"1,8,32\")");
+    "instead of a rate: keep this many requests in flight, or a list for a sweep (\"1,8,32\"); "
+    "pool: as many as the server's KV pool holds at once at the longest prompt + output "
+    "(\"1,8,pool\")");
 ABSL_FLAG(int, max_concurrency, 0, "with --request_rate: at most this many in flight (0 = no cap)");
 ABSL_FLAG(int64_t, num_requests, 0, "requests per run (0 = bounded by --duration_s alone)");
 ABSL_FLAG(double, duration_s, 0,
@@ -146,18 +149,54 @@ absl::StatusOr<std::vector<RunPlan>> MakePlans(uint64_t seed) {
       plans.push_back(plan);
     }
   } else {
-    auto values = ParseNumberList(concurrencies, "concurrency", /*allow_inf=*/false);
-    if (!values.ok()) return values.status();
-    for (double n : *values) {
-      if (n != std::floor(n)) return absl::InvalidArgumentError("--concurrency takes integers");
+    for (absl::string_view part : absl::StrSplit(concurrencies, ',', absl::SkipWhitespace())) {
+      part = absl::StripAsciiWhitespace(part);
       RunPlan plan = base;
       plan.mode = RunPlan::Mode::kConcurrency;
-      plan.concurrency = static_cast<int>(n);
+      if (part == "pool") {
+        plan.fill_pool = true;  // ResolvePoolPlans sets it
+      } else {
+        auto values = ParseNumberList(std::string(part), "concurrency", /*allow_inf=*/false);
+        if (!values.ok()) return values.status();
+        const double n = values->front();
+        if (n != std::floor(n)) {
+          return absl::InvalidArgumentError("--concurrency takes integers or pool");
+        }
+        plan.concurrency = static_cast<int>(n);
+      }
       plans.push_back(plan);
     }
   }
   for (size_t i = 0; i < plans.size(); ++i) plans[i].seed = seed + i;
   return plans;
+}
+
+// `--concurrency pool` runs get the most requests of the workload's longest size the server's pool
+// holds at once (a full pool, no preemption).
+absl::Status ResolvePoolPlans(const v1::GetModelInfoResponse& info, const Workload& workload,
+                              std::vector<RunPlan>* plans) {
+  if (std::none_of(plans->begin(), plans->end(), [](const RunPlan& p) { return p.fill_pool; })) {
+    return absl::OkStatus();
+  }
+  const std::optional<int64_t> tokens = workload.MaxRequestTokens();
+  if (!tokens) {
+    return absl::InvalidArgumentError(
+        "--concurrency pool needs prompt lengths in tokens: synthetic prompts, or a dataset of "
+        "prompt_token_ids / prompt_tokens (text prompts are as long as the server tokenizes them)");
+  }
+  const v1::KvCacheInfo& kv = info.kv_cache();
+  auto fit = PoolConcurrency(kv.num_blocks(), static_cast<int>(kv.block_size()),
+                             static_cast<int>(info.max_batch()), *tokens);
+  if (!fit.ok()) return fit.status();
+  std::fprintf(stderr,
+               "sals-loadtest: --concurrency pool: %d requests of up to %lld tokens (the pool: %u "
+               "blocks of %u tokens; at most %u running)\n",
+               *fit, static_cast<long long>(*tokens), kv.num_blocks(), kv.block_size(),
+               info.max_batch());
+  for (RunPlan& plan : *plans) {
+    if (plan.fill_pool) plan.concurrency = *fit;
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<v1::AttentionPolicy> MakePolicy(const std::string& name) {
@@ -285,6 +324,7 @@ int Run() {
                                    limits, seed);
   }
   if (!workload.ok()) return Fail(workload.status());
+  if (absl::Status s = ResolvePoolPlans(*info, *workload, &*plans); !s.ok()) return Fail(s);
   // Background streams: synthetic prompts of their own lengths, seeded apart from the load's.
   std::optional<Workload> background;
   if (absl::GetFlag(FLAGS_background_streams) > 0) {

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "loadtest/request_record.h"
 
 namespace sals::loadtest {
@@ -17,6 +18,9 @@ struct RunPlan {
   double request_rate = 1.0;  // kRate: mean requests per second (infinity = all at once)
   double burstiness = 1.0;    // kRate: gamma shape (1 = Poisson)
   int concurrency = 1;        // kConcurrency: requests kept in flight
+  // kConcurrency from `--concurrency pool`: `concurrency` is what the server's KV pool holds at
+  // once (PoolConcurrency), set once the server has answered.
+  bool fill_pool = false;
   int max_concurrency = 0;    // kRate: at most this many in flight (0 = no cap)
   int64_t num_requests = 0;   // stop sending after this many (0 = no bound)
   // Streams kept in flight beside the load, restarted as they end, from before its first request
@@ -25,9 +29,17 @@ struct RunPlan {
   double duration_s = 0;  // stop sending after this long (0 = no bound)
   uint64_t seed = 0;
 
-  // "rate 4/s", "rate 4/s gamma 0.5", "concurrency 8", "rate 0.1/s + 8 background".
+  // "rate 4/s", "rate 4/s gamma 0.5", "concurrency 8", "concurrency 12 (pool)",
+  // "rate 0.1/s + 8 background".
   std::string Label() const;
 };
+
+// The most requests of `request_tokens` tokens each (prompt + output) that a KV pool of
+// `num_blocks` blocks of `block_size` tokens holds at once, and that the server runs at once
+// (`max_batch`): the load at which a pool is full without preemption. An error names the flag
+// when not one request fits.
+absl::StatusOr<int> PoolConcurrency(int64_t num_blocks, int block_size, int max_batch,
+                                    int64_t request_tokens);
 
 struct RunResult {
   RunPlan plan;

@@ -140,6 +140,16 @@ WorkItem Workload::Next() {
   return item;
 }
 
+std::optional<int64_t> Workload::MaxRequestTokens() const {
+  if (items_.empty()) return int64_t{prompt_len_.max} + output_len_.max;
+  int64_t most = 0;
+  for (const WorkItem& item : items_) {
+    if (!item.prompt_text.empty()) return std::nullopt;
+    most = std::max<int64_t>(most, static_cast<int64_t>(item.prompt_ids.size()) + item.max_tokens);
+  }
+  return most;
+}
+
 std::string Workload::Describe() const {
   const auto range = [](const LengthRange& r) {
     return r.min == r.max ? absl::StrCat(r.min) : absl::StrCat(r.min, "..", r.max);

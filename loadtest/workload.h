@@ -58,6 +58,10 @@ class Workload {
   // The next request's payload.
   WorkItem Next();
 
+  // The most tokens one request can hold in the KV cache (its prompt plus its output); nullopt
+  // where a prompt is text (its length is the server's tokenizer's to say).
+  std::optional<int64_t> MaxRequestTokens() const;
+
   int skipped() const { return skipped_; }
   size_t dataset_size() const { return items_.size(); }
   std::string Describe() const;

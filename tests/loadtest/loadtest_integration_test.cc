@@ -353,6 +353,44 @@ TEST(LoadtestIntegrationTest, HealthProbeAndBadFlags) {
                        dir / "long.log"),
             2);
   EXPECT_NE(ReadFile(dir / "long.log").find("context limit"), std::string::npos);
+  // --concurrency pool needs lengths in tokens: text prompts are refused before anything is sent.
+  const std::string text = dir / "text.jsonl";
+  std::ofstream(text) << R"({"prompt": "Once upon a time", "output_tokens": 12})" << "\n";
+  EXPECT_EQ(RunProgram({SALS_LOADTEST_BINARY, "--target", server.address(), "--concurrency",
+                        "pool", "--num-requests", "1", "--dataset", text},
+                       dir / "pool_text.log"),
+            2);
+  EXPECT_NE(ReadFile(dir / "pool_text.log").find("--concurrency pool"), std::string::npos);
+}
+
+// --concurrency pool: the server's pool (512 blocks of 16 tokens, 8 sequences at most) holds five
+// requests of 1500 + 100 tokens (100 blocks each), and the run keeps exactly that many in flight.
+TEST(LoadtestIntegrationTest, PoolConcurrencyIsWhatThePoolHolds) {
+  testing::TempDir dir;
+  ServerProcess server(dir / "server.log");
+  ASSERT_TRUE(server.WaitServing()) << ReadFile(dir / "server.log");
+  const std::string out = dir / "pool.json";
+  ASSERT_EQ(RunProgram({SALS_LOADTEST_BINARY, "--target", server.address(), "--concurrency",
+                        "2,pool", "--num-requests", "5", "--warmup-requests", "0", "--prompt-len",
+                        "1500", "--output-len", "100", "--timeout-s", "100", "--json", out,
+                        "--quiet"},
+                       dir / "pool.log"),
+            0)
+      << ReadFile(dir / "pool.log");
+  EXPECT_NE(ReadFile(dir / "pool.log").find("--concurrency pool: 5 requests of up to 1600 tokens"),
+            std::string::npos)
+      << ReadFile(dir / "pool.log");
+  const json report = json::parse(ReadFile(out));
+  ASSERT_EQ(report["runs"].size(), 2u);
+  const json& fixed = report["runs"][0];
+  const json& pool = report["runs"][1];
+  EXPECT_EQ(fixed["label"], "concurrency 2");
+  EXPECT_EQ(fixed["peak_in_flight"], 2);
+  EXPECT_EQ(pool["label"], "concurrency 5 (pool)");
+  EXPECT_EQ(pool["concurrency"], 5);
+  EXPECT_EQ(pool["peak_in_flight"], 5);
+  CheckRun(pool);
+  EXPECT_EQ(pool["requests"]["completed"], 5);
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include "gtest/gtest.h"
 #include "loadtest/arrivals.h"
 #include "loadtest/report.h"
+#include "loadtest/run_plan.h"
 #include "loadtest/stats.h"
 #include "loadtest/workload.h"
 #include "nlohmann/json.hpp"
@@ -83,6 +84,7 @@ TEST(WorkloadTest, SyntheticPromptsHaveTheirLengthsAndSharedPrefix) {
     EXPECT_EQ(head, prefix);
   }
   EXPECT_TRUE(lengths_vary);
+  EXPECT_EQ(w->MaxRequestTokens(), 25);
 }
 
 TEST(WorkloadTest, SyntheticRefusesWhatTheContextCannotHold) {
@@ -129,6 +131,17 @@ TEST(WorkloadTest, ReadsJsonlDatasets) {
   auto overridden = Workload::FromJsonl(path, LengthRange{9, 9}, {100, 512}, 1);
   ASSERT_TRUE(overridden.ok());
   EXPECT_EQ(overridden->Next().max_tokens, 9);
+
+  // A text prompt's length is the server's to say; token prompts give the longest request.
+  EXPECT_EQ(w->MaxRequestTokens(), std::nullopt);
+  const std::string tokens_only = dir / "tokens.jsonl";
+  std::ofstream(tokens_only) << R"({"prompt_token_ids": [1, 2, 3], "output_tokens": 40})"
+                             << "\n"
+                             << R"({"prompt_tokens": 30, "output_tokens": 2})"
+                             << "\n";
+  auto counted = Workload::FromJsonl(tokens_only, std::nullopt, {100, 512}, 1);
+  ASSERT_TRUE(counted.ok()) << counted.status();
+  EXPECT_EQ(counted->MaxRequestTokens(), 43);
 }
 
 TEST(WorkloadTest, DatasetErrorsNameTheLine) {
@@ -144,6 +157,32 @@ TEST(WorkloadTest, DatasetErrorsNameTheLine) {
   std::ofstream(path) << "not json\n";
   EXPECT_FALSE(Workload::FromJsonl(path, std::nullopt, {100, 512}, 1).ok());
   EXPECT_FALSE(Workload::FromJsonl(dir / "missing.jsonl", std::nullopt, {100, 512}, 1).ok());
+}
+
+TEST(RunPlanTest, PoolConcurrencyIsTheRequestsWhoseBlocksFit) {
+  // 1600 tokens: 100 blocks of 16; one token more takes a 101st block.
+  EXPECT_EQ(PoolConcurrency(512, 16, 8, 1600).value(), 5);
+  EXPECT_EQ(PoolConcurrency(500, 16, 8, 1600).value(), 5);
+  EXPECT_EQ(PoolConcurrency(499, 16, 8, 1600).value(), 4);
+  EXPECT_EQ(PoolConcurrency(505, 16, 8, 1601).value(), 5);
+  EXPECT_EQ(PoolConcurrency(504, 16, 8, 1601).value(), 4);
+  // The server's running-sequence cap bounds it.
+  EXPECT_EQ(PoolConcurrency(512, 16, 8, 16).value(), 8);
+  EXPECT_EQ(PoolConcurrency(int64_t{1} << 40, 16, 256, 33024).value(), 256);
+  // Not one request fits, or the server reports no pool: an error naming the flag.
+  for (const auto& status : {PoolConcurrency(10, 16, 8, 161).status(),
+                             PoolConcurrency(0, 16, 8, 10).status(),
+                             PoolConcurrency(512, 0, 8, 10).status(),
+                             PoolConcurrency(512, 16, 0, 10).status()}) {
+    EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_NE(status.message().find("--concurrency pool"), std::string::npos) << status;
+  }
+  RunPlan plan;
+  plan.mode = RunPlan::Mode::kConcurrency;
+  plan.concurrency = 5;
+  EXPECT_EQ(plan.Label(), "concurrency 5");
+  plan.fill_pool = true;
+  EXPECT_EQ(plan.Label(), "concurrency 5 (pool)");
 }
 
 TEST(StatsTest, PercentilesInterpolateLikeNumpy) {
