@@ -43,7 +43,7 @@ ABSL_FLAG(
     std::string, concurrency, "",
     "instead of a rate: keep this many requests in flight, or a list for a sweep (\"1,8,32\"); "
     "pool: as many as the server's KV pool holds at once at the longest prompt + output "
-    "(\"1,8,pool\")");
+    "(\"1,8,pool\"; alone and with no --num_requests or --duration_s, that many requests)");
 ABSL_FLAG(int, max_concurrency, 0, "with --request_rate: at most this many in flight (0 = no cap)");
 ABSL_FLAG(int64_t, num_requests, 0, "requests per run (0 = bounded by --duration_s alone)");
 ABSL_FLAG(double, duration_s, 0,
@@ -129,8 +129,11 @@ absl::StatusOr<std::vector<RunPlan>> MakePlans(uint64_t seed) {
     return absl::InvalidArgumentError(
         "--num_requests, --duration_s, --max_concurrency and --background_streams must be >= 0");
   }
-  if (base.num_requests == 0 && base.duration_s == 0) {
-    return absl::InvalidArgumentError("bound each run: give --num_requests and/or --duration_s");
+  // `--concurrency pool` alone may go unbounded: one pool's worth of requests (ResolvePoolPlans).
+  if (base.num_requests == 0 && base.duration_s == 0 && concurrencies != "pool") {
+    return absl::InvalidArgumentError(
+        "bound each run: give --num_requests and/or --duration_s (or --concurrency pool alone: "
+        "one pool's worth of requests)");
   }
   if (!(base.burstiness > 0)) return absl::InvalidArgumentError("--burstiness must be positive");
   std::vector<RunPlan> plans;
@@ -194,7 +197,9 @@ absl::Status ResolvePoolPlans(const v1::GetModelInfoResponse& info, const Worklo
                *fit, static_cast<long long>(*tokens), kv.num_blocks(), kv.block_size(),
                info.max_batch());
   for (RunPlan& plan : *plans) {
-    if (plan.fill_pool) plan.concurrency = *fit;
+    if (!plan.fill_pool) continue;
+    plan.concurrency = *fit;
+    if (plan.num_requests == 0 && plan.duration_s == 0) plan.num_requests = *fit;  // one full pool
   }
   return absl::OkStatus();
 }

@@ -25,10 +25,10 @@ std::string RunPlan::Label() const {
 absl::StatusOr<int> PoolConcurrency(int64_t num_blocks, int block_size, int max_batch,
                                     int64_t request_tokens) {
   if (num_blocks < 1 || block_size < 1 || max_batch < 1 || request_tokens < 1) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "--concurrency pool: the server reports ", num_blocks, " KV blocks of ", block_size,
-        " tokens and ", max_batch, " running sequences at most; requests of ", request_tokens,
-        " tokens"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("--concurrency pool: the server reports ", num_blocks, " KV blocks of ",
+                     block_size, " tokens and ", max_batch,
+                     " running sequences at most; requests of ", request_tokens, " tokens"));
   }
   const int64_t blocks_per_request = (request_tokens + block_size - 1) / block_size;
   const int64_t fit = std::min<int64_t>(num_blocks / blocks_per_request, max_batch);

@@ -21,8 +21,8 @@ struct RunPlan {
   // kConcurrency from `--concurrency pool`: `concurrency` is what the server's KV pool holds at
   // once (PoolConcurrency), set once the server has answered.
   bool fill_pool = false;
-  int max_concurrency = 0;    // kRate: at most this many in flight (0 = no cap)
-  int64_t num_requests = 0;   // stop sending after this many (0 = no bound)
+  int max_concurrency = 0;   // kRate: at most this many in flight (0 = no cap)
+  int64_t num_requests = 0;  // stop sending after this many (0 = no bound)
   // Streams kept in flight beside the load, restarted as they end, from before its first request
   // (once each has its first token) until its last request ends; 0 = none.
   int background_streams = 0;

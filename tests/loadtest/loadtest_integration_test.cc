@@ -355,9 +355,10 @@ TEST(LoadtestIntegrationTest, HealthProbeAndBadFlags) {
   EXPECT_NE(ReadFile(dir / "long.log").find("context limit"), std::string::npos);
   // --concurrency pool needs lengths in tokens: text prompts are refused before anything is sent.
   const std::string text = dir / "text.jsonl";
-  std::ofstream(text) << R"({"prompt": "Once upon a time", "output_tokens": 12})" << "\n";
-  EXPECT_EQ(RunProgram({SALS_LOADTEST_BINARY, "--target", server.address(), "--concurrency",
-                        "pool", "--num-requests", "1", "--dataset", text},
+  std::ofstream(text) << R"({"prompt": "Once upon a time", "output_tokens": 12})"
+                      << "\n";
+  EXPECT_EQ(RunProgram({SALS_LOADTEST_BINARY, "--target", server.address(), "--concurrency", "pool",
+                        "--num-requests", "1", "--dataset", text},
                        dir / "pool_text.log"),
             2);
   EXPECT_NE(ReadFile(dir / "pool_text.log").find("--concurrency pool"), std::string::npos);
@@ -370,12 +371,12 @@ TEST(LoadtestIntegrationTest, PoolConcurrencyIsWhatThePoolHolds) {
   ServerProcess server(dir / "server.log");
   ASSERT_TRUE(server.WaitServing()) << ReadFile(dir / "server.log");
   const std::string out = dir / "pool.json";
-  ASSERT_EQ(RunProgram({SALS_LOADTEST_BINARY, "--target", server.address(), "--concurrency",
-                        "2,pool", "--num-requests", "5", "--warmup-requests", "0", "--prompt-len",
-                        "1500", "--output-len", "100", "--timeout-s", "100", "--json", out,
-                        "--quiet"},
-                       dir / "pool.log"),
-            0)
+  ASSERT_EQ(
+      RunProgram({SALS_LOADTEST_BINARY, "--target", server.address(), "--concurrency", "2,pool",
+                  "--num-requests", "5", "--warmup-requests", "0", "--prompt-len", "1500",
+                  "--output-len", "100", "--timeout-s", "100", "--json", out, "--quiet"},
+                 dir / "pool.log"),
+      0)
       << ReadFile(dir / "pool.log");
   EXPECT_NE(ReadFile(dir / "pool.log").find("--concurrency pool: 5 requests of up to 1600 tokens"),
             std::string::npos)
@@ -391,6 +392,19 @@ TEST(LoadtestIntegrationTest, PoolConcurrencyIsWhatThePoolHolds) {
   EXPECT_EQ(pool["peak_in_flight"], 5);
   CheckRun(pool);
   EXPECT_EQ(pool["requests"]["completed"], 5);
+
+  // Alone and unbounded: one pool's worth of requests.
+  const std::string once = dir / "once.json";
+  ASSERT_EQ(RunProgram({SALS_LOADTEST_BINARY, "--target", server.address(), "--concurrency", "pool",
+                        "--warmup-requests", "0", "--prompt-len", "1500", "--output-len", "8",
+                        "--timeout-s", "100", "--json", once, "--quiet"},
+                       dir / "once.log"),
+            0)
+      << ReadFile(dir / "once.log");
+  const json one_pool = json::parse(ReadFile(once))["runs"][0];
+  EXPECT_EQ(one_pool["label"], "concurrency 5 (pool)");
+  EXPECT_EQ(one_pool["bounds"]["num_requests"], 5);
+  EXPECT_EQ(one_pool["requests"]["completed"], 5);
 }
 
 }  // namespace

@@ -170,10 +170,9 @@ TEST(RunPlanTest, PoolConcurrencyIsTheRequestsWhoseBlocksFit) {
   EXPECT_EQ(PoolConcurrency(512, 16, 8, 16).value(), 8);
   EXPECT_EQ(PoolConcurrency(int64_t{1} << 40, 16, 256, 33024).value(), 256);
   // Not one request fits, or the server reports no pool: an error naming the flag.
-  for (const auto& status : {PoolConcurrency(10, 16, 8, 161).status(),
-                             PoolConcurrency(0, 16, 8, 10).status(),
-                             PoolConcurrency(512, 0, 8, 10).status(),
-                             PoolConcurrency(512, 16, 0, 10).status()}) {
+  for (const auto& status :
+       {PoolConcurrency(10, 16, 8, 161).status(), PoolConcurrency(0, 16, 8, 10).status(),
+        PoolConcurrency(512, 0, 8, 10).status(), PoolConcurrency(512, 16, 0, 10).status()}) {
     EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
     EXPECT_NE(status.message().find("--concurrency pool"), std::string::npos) << status;
   }

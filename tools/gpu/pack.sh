@@ -14,6 +14,10 @@ tests=(kernels_elementwise_test kernels_attention_test kernels_sals_kv_write_tes
   cuda_calibration_test real_shape_parity_test)
 benches=(bench_decode_attention bench_sals_attention bench_e2e_decode bench_sampling
   bench_prefill_attention bench_e2e_prefill)
+# Programs and where the build puts them; sals-server and sals-loadtest (verify.sh server) only
+# when named.
+declare -A program_dir=([sals-calibrate]=tools/calibrate [sals-server]=server
+  [sals-loadtest]=loadtest)
 programs=(sals-calibrate)
 if [ $# -gt 0 ]; then
   wanted=" $* "
@@ -21,18 +25,23 @@ if [ $# -gt 0 ]; then
     echo "${out[@]}"; }
   read -r -a tests <<<"$(keep "${tests[@]}")"
   read -r -a benches <<<"$(keep "${benches[@]}")"
-  read -r -a programs <<<"$(keep "${programs[@]}")"
+  read -r -a programs <<<"$(keep "${!program_dir[@]}")"
 fi
 
 [ -f "$build/build.ninja" ] || cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release
-ninja -C "$build" "${tests[@]}" "${benches[@]}" "${programs[@]}"
+# The programs that load the CUDA backend at run time need its library beside them.
+backend=()
+if [[ " ${tests[*]} ${benches[*]} ${programs[*]} " =~ \ (cuda_backend_test|cuda_calibration_test|real_shape_parity_test|bench_e2e_decode|bench_e2e_prefill|sals-calibrate|sals-server)\  ]]; then
+  backend=(sals_backend_cuda)
+fi
+ninja -C "$build" "${tests[@]}" "${benches[@]}" "${programs[@]}" "${backend[@]}"
 
 rm -rf .carry
 mkdir -p .carry/bin .carry/lib
 for t in "${tests[@]}"; do cp "$build/tests/gpu/$t" .carry/bin/; done
 for b in "${benches[@]}"; do cp "$build/bench/$b" .carry/bin/; done
-for p in "${programs[@]}"; do cp "$build/tools/calibrate/$p" .carry/bin/; done
-if [[ " ${tests[*]} ${benches[*]} ${programs[*]} " =~ \ (cuda_backend_test|cuda_calibration_test|real_shape_parity_test|bench_e2e_decode|bench_e2e_prefill|sals-calibrate)\  ]]; then
+for p in "${programs[@]}"; do cp "$build/${program_dir[$p]}/$p" .carry/bin/; done
+if [ ${#backend[@]} -gt 0 ]; then
   cp "$build/engine/backend/cuda/libsals_backend_cuda.so" .carry/bin/
 fi
 

@@ -2,9 +2,10 @@
 # The device-side check, run from the repository root on the GPU machine after tools/gpu/pack.sh:
 # device facts, the GPU tests, compute-sanitizer over them, and the benchmarks. Logs and the
 # benchmark JSON go to $OUT (./out when unset); the summary prints last.
-# Usage: .carry/verify.sh [all|kernels|sals|sampling|backend|calibrate|tests|prefill|e2e_prefill|parity]
-#   (all by default; all leaves out prefill, e2e_prefill and parity, which take minutes of device
-#   time)
+# Usage: .carry/verify.sh [all|kernels|sals|sampling|backend|calibrate|tests|prefill|e2e_prefill|parity|
+#   server|server_itl]
+#   (all by default; all leaves out prefill, e2e_prefill, parity, server and server_itl, which take
+#   minutes of device time)
 #   kernels: the dense kernel tests, memcheck and racecheck over them, bench_decode_attention;
 #   sals: the SALS kernel tests, memcheck over them, torch SDPA (FlashAttention-2, cuDNN) and
 #     bench_sals_attention in the same session (the ratios need both);
@@ -26,6 +27,16 @@
 #     commit as tests/gpu/records/real_shape_parity.json (issue 16 item 3).
 #     PARITY_GENERATOR_ARGS adds generator options (e.g. "--only llama-3.1-8b"; "--tiny --device
 #     cpu" for a dry run of the plumbing without a GPU).
+#   server: sals-server (CUDA backend, synthetic Llama-3.1-8B weights, f16) with a KV pool of
+#     SERVER_GIB GiB (50: an H100; 100 on an H200), one server per format of SERVER_FORMATS (dense
+#     sals-12.5), each driven by sals-loadtest --concurrency pool: as many SERVER_PROMPT_LEN-token
+#     (32768) prompts with SERVER_OUTPUT_LEN (256) output tokens as the pool holds, all at once
+#     (issue 12's server run); $OUT/server-FORMAT.json per format;
+#   server_itl: a dense server (SERVER_GIB, 8192-token steps) per prefill budget of SERVER_BUDGETS
+#     (2048 4096 8192): 8 background streams decoding while 8 prompts of 32K tokens arrive at
+#     0.1/s, plus a baseline of 128-token prompts; $OUT/itl-BUDGET.json (bench/README.md, "Long
+#     prompts beside running streams").
+#   Both need tools/gpu/pack.sh sals-server sals-loadtest.
 # The benchmarks name the GPU in their JSON records (GPU=H100 or H200; from nvidia-smi if unset).
 set -uo pipefail
 out="${OUT:-out}"
@@ -152,6 +163,54 @@ fi
 
 if [ "$mode" = e2e_prefill ]; then
   bench bench_e2e_prefill 560 --kv dense,sals-25,sals-12.5 --gpu "$gpu"
+fi
+
+# serve SETTINGS LOG: sals-server on 127.0.0.1:50051 with the CUDA backend on synthetic
+# Llama-3.1-8B weights and SETTINGS (--set syntax) added; its pid in $server_pid.
+serve() {
+  "$run" "$bin/sals-server" --listen 127.0.0.1:50051 --metrics-listen 127.0.0.1:9464 \
+    --set "backend.type=cuda;model.synthetic=llama-3.1-8b;kv_cache.memory_gib=${SERVER_GIB:-50};$1" \
+    >"$2" 2>&1 &
+  server_pid=$!
+}
+stop_server() {  # name
+  kill -TERM "$server_pid" 2>/dev/null
+  wait "$server_pid"
+  summary+=("sals-server $1: exit $?")
+}
+loadtest() {  # name timeout [args...]: sals-loadtest against the server above
+  local name=$1 limit=$2
+  shift 2
+  timeout "$limit" "$run" "$bin/sals-loadtest" --target 127.0.0.1:50051 --connect_timeout_s 300 \
+    --json "$out/$name.json" --label "$name ($gpu)" --quiet "$@" >"$out/$name.log" 2>&1
+  summary+=("sals-loadtest $name: rc=$?")
+  tail -n 12 "$out/$name.log"
+}
+
+if [ "$mode" = server ]; then
+  prompt="${SERVER_PROMPT_LEN:-32768}"
+  output="${SERVER_OUTPUT_LEN:-256}"
+  for fmt in ${SERVER_FORMATS:-dense sals-12.5}; do
+    serve "kv_cache.format=$fmt;scheduler.max_num_seqs=256;scheduler.max_num_batched_tokens=8192;\
+scheduler.max_model_len=$((prompt + output))" "$out/server-$fmt.log"
+    loadtest "server-$fmt" 560 --concurrency pool --warmup_requests 0 --prompt_len "$prompt" \
+      --output_len "$output" --timeout_s 540
+    stop_server "$fmt"
+    grep -E 'error|ERROR|graph' "$out/server-$fmt.log" | tail -n 5
+  done
+fi
+
+if [ "$mode" = server_itl ]; then
+  for budget in baseline ${SERVER_BUDGETS:-2048 4096 8192}; do
+    [ "$budget" = baseline ] && setting="" || setting="scheduler.max_prefill_tokens=$budget"
+    serve "kv_cache.format=dense;scheduler.max_num_batched_tokens=8192;$setting" \
+      "$out/server-itl-$budget.log"
+    [ "$budget" = baseline ] && prompt=128 || prompt=32768
+    loadtest "itl-$budget" 300 --background_streams 8 --background_prompt_len 128 \
+      --background_output_len 1024 --request_rate 0.1 --num_requests 8 --prompt_len "$prompt" \
+      --output_len 16 --warmup_requests 0 --percentiles 50,99 --timeout_s 280
+    stop_server "itl-$budget"
+  done
 fi
 
 if [ "$mode" = parity ]; then
