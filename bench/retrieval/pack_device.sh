@@ -3,16 +3,20 @@
 # machine (device tool; tools/gpu/README.md), where 16 CPU cores (--backend cpu) or the H200
 # (--backend cuda) run a larger benchmark than a development machine can.
 #
-#   bench/retrieval/pack_device.sh MODEL_DIR CASES.jsonl [CARRY_DIR]
+#   bench/retrieval/pack_device.sh MODEL_DIR CASES.jsonl|- [CARRY_DIR]
 #   run(command="bash CARRY_DIR/run.sh --backend cuda --threads 16", carry=["CARRY_DIR"])
 #
 # CARRY_DIR defaults to $BUILD_DIR/retrieval-carry (git-ignored; BUILD_DIR defaults to build).
 # run.sh passes its arguments on to sals-retrieval, with --model, --cases and --json
 # $OUT/retrieval.json set. A model inside the working tree travels with it and is not copied. The CUDA backend's library travels when BUILD_DIR has one (or
 # CUDA_BACKEND names it).
+# Long cases are too large to carry (600 cases of 32K tokens are 70 MB): with CASES "-" none is
+# packed and run.sh reads the file SALS_CASES names, made on the GPU machine by make_cases.py
+# (the repository travels; the machine has python3 and sentencepiece). HAYSTACK=corpus.txt packs
+# the haystack gzipped as CARRY_DIR/corpus.txt.gz (2.5 MB for the demo corpus) for that.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-[ $# -ge 2 ] || { sed -n 2,12p "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n 2,16p "$0"; exit 2; }
 model="$1"
 cases="$2"
 build="${BUILD_DIR:-build}"
@@ -20,7 +24,7 @@ carry="${3:-$build/retrieval-carry}"
 bin="$build/bench/retrieval/sals-retrieval"
 [ -x "$bin" ] || { echo "no $bin: build it first (cmake --build $build --target sals-retrieval)" >&2; exit 1; }
 [ -f "$model/config.json" ] || { echo "$model: not a model directory" >&2; exit 1; }
-[ -f "$cases" ] || { echo "$cases: no such file" >&2; exit 1; }
+[ "$cases" = - ] || [ -f "$cases" ] || { echo "$cases: no such file" >&2; exit 1; }
 
 rm -rf "$carry"
 mkdir -p "$carry/bin" "$carry/lib"
@@ -37,7 +41,8 @@ else
   cp -L "$model"/* "$carry/model/"
   model_arg="model"
 fi
-cp "$cases" "$carry/cases.jsonl"
+[ "$cases" = - ] || cp "$cases" "$carry/cases.jsonl"
+if [ -n "${HAYSTACK:-}" ]; then gzip -9 -c "$HAYSTACK" > "$carry/corpus.txt.gz"; fi
 
 # As tools/gpu/pack.sh: the GPU machine has glibc, libstdc++, libgcc_s, libz, libssl and CUDA;
 # also protobuf 3.21 (libprotobuf.so.32, as Debian 12's), left behind to save 3 MB.
@@ -54,15 +59,17 @@ for b in "$carry"/bin/*; do ldd "$b"; done | awk '$2 == "=>" && $3 ~ /^\// {prin
 
 cat > "$carry/run.sh" <<RUN
 #!/usr/bin/env bash
-# sals-retrieval on the carried cases; JSON and log in \$OUT (or here without \$OUT). Run from the
-# repository root (a model in the working tree is named relative to it).
+# sals-retrieval on the carried cases (or the file SALS_CASES names); JSON and log in \$OUT (or
+# here without \$OUT). Run from the repository root (a model in the working tree is named relative
+# to it).
 set -euo pipefail
 here="\$(cd "\$(dirname "\$0")" && pwd)"
 out="\${OUT:-\$here}"
+cases="\${SALS_CASES:-\$here/cases.jsonl}"
 model="$model_arg"
 [ "\$model" = model ] && model="\$here/model"
 export LD_LIBRARY_PATH="\$here/lib:/usr/local/cuda/lib64\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
-"\$here/bin/sals-retrieval" --model "\$model" --cases "\$here/cases.jsonl" \\
+"\$here/bin/sals-retrieval" --model "\$model" --cases "\$cases" \\
   --json "\$out/retrieval.json" "\$@" 2>&1 | tee "\$out/retrieval.log"
 RUN
 chmod +x "$carry/run.sh"

@@ -16,7 +16,8 @@ Stable API
     score(case, output_text) -> float in [0, 1]
         RULER's string-match metric: the fraction of case["items"] found in output_text (the
         model's continuation); the first line only, so text after the answer cannot add hits.
-    load_corpus(path) -> list[str]     the documents of corpus.txt (tools/train/make_corpus.py)
+    load_corpus(path) -> list[str]     the documents of corpus.txt (tools/train/make_corpus.py;
+                                       corpus.txt.gz too)
     load_haystack(path) -> Haystack    the haystack source: the corpus' documents joined
     CHARS_PER_TOKEN                    haystack characters per token of the demo model's tokenizer
 
@@ -39,6 +40,7 @@ Tasks (after RULER, Hsieh et al. 2024; the haystack is natural text from the cor
 """
 
 import bisect
+import gzip
 import random
 import re
 
@@ -97,8 +99,10 @@ class Haystack:
 
 
 def load_corpus(path):
-    """The documents of a corpus.txt written by make_corpus.py (separated by form-feed lines)."""
-    with open(path, encoding="utf-8") as f:
+    """The documents of a corpus.txt written by make_corpus.py (separated by form-feed lines);
+    a path ending in .gz is read through gzip (a smaller file to carry to another machine)."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
         text = f.read()
     return [d for d in text.split(DOC_SEPARATOR) if d.strip()]
 
