@@ -57,6 +57,13 @@ for b in "$carry"/bin/*; do ldd "$b"; done | awk '$2 == "=>" && $3 ~ /^\// {prin
     esac
   done
 
+# The CUDA backend (11.5 MB, mostly device code) travels xz-compressed (2.8 MB) when xz is here:
+# with the demo model in the tree (47 MiB tracked) and a haystack, it would not fit otherwise.
+# run.sh unpacks it with python3's lzma.
+if [ -f "$carry/bin/libsals_backend_cuda.so" ] && command -v xz > /dev/null; then
+  xz -9 "$carry/bin/libsals_backend_cuda.so"
+fi
+
 cat > "$carry/run.sh" <<RUN
 #!/usr/bin/env bash
 # sals-retrieval on the carried cases (or the file SALS_CASES names); JSON and log in \$OUT (or
@@ -68,6 +75,10 @@ out="\${OUT:-\$here}"
 cases="\${SALS_CASES:-\$here/cases.jsonl}"
 model="$model_arg"
 [ "\$model" = model ] && model="\$here/model"
+lib="\$here/bin/libsals_backend_cuda.so"
+if [ -f "\$lib.xz" ] && [ ! -f "\$lib" ]; then
+  python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "\$lib.xz" "\$lib"
+fi
 export LD_LIBRARY_PATH="\$here/lib:/usr/local/cuda/lib64\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
 "\$here/bin/sals-retrieval" --model "\$model" --cases "\$cases" \\
   --json "\$out/retrieval.json" "\$@" 2>&1 | tee "\$out/retrieval.log"
