@@ -545,15 +545,18 @@ def probe_step_times(model, args, device, autocast):
                 times[t], gib[t] = probe_bucket(model, args, device, autocast, t)
                 break
             except torch.cuda.OutOfMemoryError as e:
-                model.zero_grad(set_to_none=True)
-                gc.collect()
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
                 if model.checkpointed(t):
                     raise
-                model.checkpoint_from = t
-                print(f"probe: rows of {t} ran out of memory ({str(e)[:80]}); activation "
-                      f"checkpointing from {t} on", flush=True)
+                message = str(e)[:80]
+            # Out of the except clause: the failed step's tensors (held by the traceback) are
+            # free now.
+            model.zero_grad(set_to_none=True)
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            model.checkpoint_from = t
+            print(f"probe: rows of {t} ran out of memory ({message}); activation checkpointing "
+                  f"from {t} on", flush=True)
     return dict(sorted(times.items())), dict(sorted(gib.items()))
 
 
