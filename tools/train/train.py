@@ -376,7 +376,10 @@ def vartrack_drill_row(sp, hay, rng, t):
     """A variable-tracking case (2..4 chains of 2..5 variables) whose question about the first
     chain is followed by the same question about every other chain, each answered in the
     evaluation format: every chain is followed, hop by hop, with dense targets (training only)."""
-    chains, hops = rng.randint(2, 4), rng.randint(1, 4)
+    # A statement is about 12 tokens: at most t/24 variables keep them in about half a short row.
+    max_vars = max(4, t // 24)
+    chains = rng.randint(2, min(4, max_vars // 2))
+    hops = rng.randint(1, max(1, min(4, max_vars // chains - 1)))
     length = drill_length(rng, t)
     prompt, answer, _ = tasks.vartrack(rng, hay, length, None, hops=hops, chains=chains)
     p, a = encode_case(sp, {"prompt": prompt, "answer": answer})
@@ -422,17 +425,19 @@ def phase2_plan(ctrl):
 
 
 def step_plan(args, step, ctrl):
-    """(lengths, weights, kind lateness, phase-2 progress or None) of a step; None on stop."""
+    """(lengths, weights, kind lateness, phase-2 progress or None) of a step; None on stop.
+    The row kinds move on with the step in both phases, as in run 3."""
     switch = int(ctrl[0])
+    late = min(1.0, step / KIND_RAMP_STEPS)
     if step < switch:
         allowed = phase1_buckets(step, args.buckets)
-        return allowed, [1.0] * len(allowed), min(1.0, step / KIND_RAMP_STEPS), None
+        return allowed, [1.0] * len(allowed), late, None
     planned = phase2_plan(ctrl)
     if planned is None:
         return None
     q = min(1.0, (step - switch) / planned)
     allowed, weights, _ = phase2_mix(q, args.buckets, args.bucket_seconds)
-    return allowed, weights, 1.0, q
+    return allowed, weights, late, q
 
 
 def make_batch(args, state, step, ctrl):
