@@ -8,11 +8,12 @@ model.safetensors in bf16 with tied embeddings, tokenizer.model, tokenizer_confi
 generation_config.json) and train_log.json (settings, loss curve, phases, dense accuracy per task
 and length on held-out seeds, timings).
 
-  # the 32K run on one H100 or H200 (about 8.5 minutes of wall time in all; tools/train/README.md)
+  # the 32K run on one H100 or H200 (about 8.2 minutes of wall time in all; tools/train/README.md)
   python3 tools/train/train.py --data build-train/train-data --out OUT --time-budget 450 \\
       --max-len 32768 --rope-theta 1000000
-  # CPU smoke test (one to two minutes): tiny model; --max-len 2048 for the long-row paths
-  python3 tools/train/train.py --data build-train/train-data --out /tmp/tiny --device cpu --tiny
+  # CPU smoke test (one to two minutes), every path of the recipe at toy size
+  python3 tools/train/train.py --data build-train/train-data --out /tmp/tiny --device cpu --tiny \\
+      --max-len 2048 --rope-theta 1e6 --form-ans-loss 100 --form-window 10 --debug-oom-above 1024
 
 Training rows have fixed lengths (T = --min-len ... --max-len, powers of two; a batch holds about
 --batch-tokens tokens, --long-batch-tokens from --long-from on). A row is a task case in the
@@ -273,7 +274,7 @@ class Batches(torch.utils.data.IterableDataset):
     """ctrl (int64, shared memory, written by the training loop): [first step of phase 2, steps
     planned for phase 2 (0 until known), stop]. A worker builds step s only a few dozen steps
     before the loop takes it (prefetch), and the loop decides the switch --form-margin steps
-    ahead, so every step's data depends on the logged switch and plan alone."""
+    ahead, so every step's data depends only on the logged switch, plan and probe times."""
 
     def __init__(self, args, ctrl):
         super().__init__()
