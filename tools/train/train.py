@@ -954,7 +954,7 @@ def main():
     if device.type == "cuda":
         log["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     try:
-        cases = eval_async.get(timeout=600)
+        cases = eval_async.get(timeout=90)  # made in the background since the start
         pool.close()
         t_eval = time.time()
         log["eval"] = evaluate(model, cases, device, autocast, max_tokens=args.batch_tokens)
