@@ -15,6 +15,8 @@ import argparse
 import json
 import sys
 
+from merge_configs import compact  # the same slimmed case rows (beside this script)
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -56,14 +58,7 @@ def main():
     acc["recall_from"] = {"cases_file": rec.get("cases_file"), "num_cases": rec.get("num_cases"),
                           "backend": rec.get("backend"), "rows_merged": merged}
     if args.compact:
-        def slim(r):
-            keep = ("correct", "recall") if r.get("correct") else ("correct", "output", "recall")
-            return {k: v for k, v in r.items() if k in keep}
-
-        acc["cases"] = [{"task": c["task"], "length": c["length"], "seed": c["seed"],
-                         "prompt_tokens": c.get("prompt_tokens"), "answer": c.get("answer"),
-                         "results": {n: slim(r) for n, r in c["results"].items()}}
-                        for c in acc["cases"]]
+        acc = compact(acc)
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump(acc, f, indent=None if args.compact else 2, separators=(",", ":")
                   if args.compact else None)
